@@ -1,0 +1,137 @@
+//! The application: bind, serve connections, drain and stop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::auth::BasicAuth;
+use crate::http::{AppState, handle};
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::settings::Settings;
+use crate::shutdown::Lifecycle;
+
+/// How long open connections get to finish after the drain, before they are dropped.
+const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A bound, running service.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    header_read_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+impl Application {
+    /// Binds the listener and starts connecting to the broker in the background.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.http.listen)
+            .await
+            .with_context(|| format!("binding http.listen = {}", settings.http.listen))?;
+        if !settings.auth.enabled() {
+            warn!(
+                "auth.username and auth.password are empty: callbacks are accepted without credentials"
+            );
+        }
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Arc::new(Publisher::start(&settings.amqp, metrics.clone()));
+        let state = Arc::new(AppState {
+            callback_path: settings.http.path.clone(),
+            max_body_bytes: settings.http.max_body_bytes,
+            retry_after_secs: settings.http.retry_after_secs,
+            auth: BasicAuth::new(&settings.auth),
+            publisher,
+            metrics,
+            lifecycle: Arc::new(Lifecycle::default()),
+        });
+        Ok(Self {
+            listener,
+            state,
+            header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
+            drain_timeout: Duration::from_millis(settings.http.drain_timeout_ms),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: new callbacks get 503, admitted ones
+    /// finish, connections close, the broker connection closes.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            header_read_timeout,
+            drain_timeout,
+        } = self;
+        info!(listen = %listener.local_addr()?, path = %state.callback_path, "listening");
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        let serve = |stream: tokio::net::TcpStream| {
+            let state = state.clone();
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, request).await) }
+            });
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    debug!(%error, "connection ended with an error");
+                }
+            });
+        };
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => serve(stream),
+                    Err(error) => warn!(%error, "accept failed"),
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        info!("shutdown requested: refusing new callbacks, finishing admitted ones");
+        state.lifecycle.begin_shutdown();
+        let drained = tokio::time::timeout(drain_timeout, state.lifecycle.wait_idle());
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => serve(stream),
+                    Err(error) => warn!(%error, "accept failed"),
+                },
+                outcome = &mut drained => {
+                    if outcome.is_err() {
+                        warn!("drain deadline passed with callbacks still in flight");
+                    }
+                    break;
+                }
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(CONNECTION_CLOSE_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            debug!("some connections were still open at exit");
+        }
+        state.publisher.shutdown().await;
+        info!("stopped");
+        Ok(())
+    }
+}

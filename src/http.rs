@@ -1,0 +1,288 @@
+//! HTTP routing, the callback handler and its responses.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::auth::{BasicAuth, CHALLENGE};
+use crate::event::{InvalidCallback, parse_callback};
+use crate::metrics::Metrics;
+use crate::publisher::{PublishError, Publisher, ReceivedAt};
+use crate::shutdown::Lifecycle;
+
+/// Everything a request handler reads; shared by all connections.
+pub struct AppState {
+    pub callback_path: String,
+    pub max_body_bytes: usize,
+    pub retry_after_secs: u64,
+    pub auth: BasicAuth,
+    pub publisher: Arc<Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+impl AppState {
+    /// Ready to take callbacks: the broker can confirm now and shutdown has not begun.
+    pub fn ready(&self) -> bool {
+        !self.lifecycle.is_shutting_down() && self.publisher.ready()
+    }
+}
+
+/// Why a callback was not accepted; each variant is exactly one status.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("missing or wrong Basic credentials")]
+    Unauthorized,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidCallback),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl CallbackError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Publish(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooLarge(_) => "body_too_large",
+            Self::BodyRead(_) => "body_read_error",
+            Self::Invalid(invalid) => invalid.code(),
+            Self::Publish(publish) => publish.code(),
+        }
+    }
+}
+
+/// Routes one request.
+pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let response = if path == state.callback_path {
+        if request.method() == Method::POST {
+            return callback(state, request).await;
+        }
+        method_not_allowed("POST")
+    } else {
+        match path {
+            "/healthz" | "/readyz" | "/metrics" if request.method() != Method::GET => {
+                method_not_allowed("GET")
+            }
+            "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
+            "/readyz" if state.ready() => json_response(StatusCode::OK, json!({"status": "ready"})),
+            "/readyz" => with_retry_after(
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "not_ready"}),
+                ),
+                state.retry_after_secs,
+            ),
+            "/metrics" => metrics_response(&state.metrics),
+            _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        }
+    };
+    state.metrics.request(response.status().as_u16());
+    response
+}
+
+/// The callback: authenticate, read, validate the whole batch, publish, answer.
+async fn callback(state: Arc<AppState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(String::from)
+        .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
+    let span = info_span!("callback", request_id = %request_id);
+    async move {
+        let started = Instant::now();
+        state.metrics.inflight_requests.inc();
+        let outcome = match state.lifecycle.enter() {
+            Some(_admitted) => accept(&state, request).await,
+            None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
+        };
+        state.metrics.inflight_requests.dec();
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let response = match outcome {
+            Ok(events) => {
+                info!(status = 200, events, latency_ms, "callback accepted");
+                json_response(StatusCode::OK, json!({"status": "published", "events": events}))
+            }
+            Err(error) => {
+                let status = error.status();
+                if let CallbackError::Publish(publish) = &error {
+                    state.metrics.publish_failed(publish.code());
+                    warn!(status = status.as_u16(), error = error.code(), %error, latency_ms, "callback not published");
+                } else {
+                    info!(status = status.as_u16(), error = error.code(), latency_ms, "callback rejected");
+                }
+                error_for(&error, state.retry_after_secs)
+            }
+        };
+        state.metrics.request(response.status().as_u16());
+        let mut response = response;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Everything between admission and the publisher's answer; `Ok` is the event count.
+async fn accept(state: &AppState, request: Request<Incoming>) -> Result<usize, CallbackError> {
+    let headers = request.headers();
+    if !state.auth.allows(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        return Err(CallbackError::Unauthorized);
+    }
+    if !is_json(headers.get(header::CONTENT_TYPE)) {
+        return Err(CallbackError::UnsupportedMediaType);
+    }
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > state.max_body_bytes as u64) {
+        return Err(CallbackError::TooLarge(state.max_body_bytes));
+    }
+    let received = ReceivedAt::now();
+    let body = Limited::new(request.into_body(), state.max_body_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                CallbackError::TooLarge(state.max_body_bytes)
+            } else {
+                CallbackError::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let events = parse_callback(&body)?;
+    let count = events.len();
+    state.publisher.publish(events, received).await?;
+    Ok(count)
+}
+
+/// `application/json`, optionally with parameters; a charset, if given, must be UTF-8.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    let media_type = parts.next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    parts.all(|param| match param.split_once('=') {
+        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => charset
+            .trim()
+            .trim_matches('"')
+            .eq_ignore_ascii_case("utf-8"),
+        _ => true,
+    })
+}
+
+fn error_for(error: &CallbackError, retry_after_secs: u64) -> Response<Full<Bytes>> {
+    let mut response = error_response(error.status(), error.code(), &error.to_string());
+    match error {
+        CallbackError::Unauthorized => {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
+        }
+        CallbackError::Publish(_) => response = with_retry_after(response, retry_after_secs),
+        _ => {}
+    }
+    response
+}
+
+fn with_retry_after(mut response: Response<Full<Bytes>>, secs: u64) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("this route only answers {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// The contract's error body: `{"error": word, "detail": sentence}`.
+fn error_response(status: StatusCode, code: &str, detail: &str) -> Response<Full<Bytes>> {
+    json_response(status, json!({"error": code, "detail": detail}))
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn metrics_response(metrics: &Metrics) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ct(value: &str) -> bool {
+        is_json(Some(&HeaderValue::from_str(value).expect("header")))
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        assert!(ct("application/json"));
+        assert!(ct("application/json; charset=utf-8"));
+        assert!(ct("Application/JSON;charset=\"UTF-8\""));
+        assert!(!ct("application/json; charset=latin1"));
+        assert!(!ct("text/plain"));
+        assert!(!ct("application/x-www-form-urlencoded"));
+        assert!(!ct("application/jsonx"));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,11 @@
+//! bandwidth-forwarder: Bandwidth messaging callbacks in, confirmed RabbitMQ messages out.
+
+pub mod app;
+pub mod auth;
+pub mod event;
+pub mod http;
+pub mod metrics;
+pub mod publisher;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;

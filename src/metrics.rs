@@ -1,0 +1,165 @@
+//! Prometheus metrics: what an operator needs to see the forwarder keep its promise.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// One label, by name and value.
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the service exposes, registered once at start.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    events_published: Family<Labels, Counter>,
+    publish_failures: Family<Labels, Counter>,
+    /// Seconds from the first publish of a request to its last confirm.
+    pub confirm_latency: Histogram,
+    /// 1 while a broker connection with declared topology is up.
+    pub broker_connected: Gauge,
+    /// 1 while the broker has blocked publishing (memory or disk alarm).
+    pub broker_blocked: Gauge,
+    /// Callback requests being handled now.
+    pub inflight_requests: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Confirm channels open now.
+    pub open_channels: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Reconnects since start.
+    pub reconnects: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("forwarder");
+        let requests = Family::<Labels, Counter>::default();
+        let events_published = Family::<Labels, Counter>::default();
+        let publish_failures = Family::<Labels, Counter>::default();
+        let confirm_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        let broker_connected = Gauge::default();
+        let broker_blocked = Gauge::default();
+        let inflight_requests = Gauge::default();
+        let open_channels = Gauge::default();
+        let reconnects = Counter::default();
+        registry.register(
+            "http_requests",
+            "Callback and probe requests by status",
+            requests.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events confirmed by the broker, by type",
+            events_published.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Requests answered 503, by reason",
+            publish_failures.clone(),
+        );
+        registry.register(
+            "publish_confirm_seconds",
+            "Time from a request's first publish to its last confirm",
+            confirm_latency.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while connected with topology declared",
+            broker_connected.clone(),
+        );
+        registry.register(
+            "broker_blocked",
+            "1 while the broker blocks publishing",
+            broker_blocked.clone(),
+        );
+        registry.register(
+            "inflight_requests",
+            "Callback requests being handled",
+            inflight_requests.clone(),
+        );
+        registry.register(
+            "open_channels",
+            "Confirm channels open",
+            open_channels.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Broker connections opened after the first",
+            reconnects.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            events_published,
+            publish_failures,
+            confirm_latency,
+            broker_connected,
+            broker_blocked,
+            inflight_requests,
+            open_channels,
+            reconnects,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, status: u16) {
+        self.requests
+            .get_or_create(&vec![("status", status.to_string())])
+            .inc();
+    }
+
+    /// Counts events confirmed for one event type.
+    pub fn published(&self, kind: &str, count: u64) {
+        self.events_published
+            .get_or_create(&vec![("type", kind.to_owned())])
+            .inc_by(count);
+    }
+
+    /// Counts a request that failed to publish.
+    pub fn publish_failed(&self, reason: &'static str) {
+        self.publish_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_contract_metric() {
+        let m = Metrics::new();
+        m.request(202);
+        m.published("message-received", 3);
+        m.publish_failed("unroutable");
+        m.confirm_latency.observe(0.002);
+        let text = m.render();
+        for needle in [
+            "forwarder_http_requests_total{status=\"202\"} 1",
+            "forwarder_events_published_total{type=\"message-received\"} 3",
+            "forwarder_publish_failures_total{reason=\"unroutable\"} 1",
+            "forwarder_publish_confirm_seconds_bucket",
+            "forwarder_broker_connected 0",
+            "forwarder_inflight_requests 0",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! One confirm channel and the task that owns it: take queued jobs, publish them as one batch,
+//! await every confirm, attribute returns by `message_id`, answer each job.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{Job, PublishError, ReceivedAt, Shared};
+use crate::event::Event;
+use crate::settings::AmqpSettings;
+
+/// Pause before retrying a channel that failed to open.
+const CHANNEL_RETRY: Duration = Duration::from_millis(200);
+/// Longest wait for a broken channel to close before it is dropped.
+const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a worker needs from the settings.
+pub(super) struct WorkerConfig {
+    id: usize,
+    exchange: ShortString,
+    max_batch_events: usize,
+}
+
+impl WorkerConfig {
+    pub(super) fn new(id: usize, settings: &AmqpSettings) -> Self {
+        Self {
+            id,
+            // Validated at start to fit a short string.
+            exchange: ShortString::from(settings.exchange.as_str()),
+            max_batch_events: settings.max_batch_events,
+        }
+    }
+}
+
+/// Runs until the job queue is closed and empty.
+pub(super) async fn run(
+    config: WorkerConfig,
+    shared: Arc<Shared>,
+    mut connection_rx: watch::Receiver<Option<Arc<Connection>>>,
+    jobs: async_channel::Receiver<Job>,
+) {
+    loop {
+        let current = connection_rx.borrow_and_update().clone();
+        let Some(connection) = current else {
+            // No broker: fail whatever is queued at once rather than let it time out.
+            tokio::select! {
+                changed = connection_rx.changed() => if changed.is_err() { fail_remaining(&jobs).await; return },
+                job = jobs.recv() => match job {
+                    Ok(job) => reply(job, Err(PublishError::Unavailable)),
+                    Err(_) => return,
+                },
+            }
+            continue;
+        };
+        let channel = match open_channel(&connection).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                warn!(worker = config.id, %error, "opening a confirm channel failed");
+                tokio::time::sleep(CHANNEL_RETRY).await;
+                continue;
+            }
+        };
+        shared.channel_opened();
+        let finished = serve_channel(&config, &shared, &channel, &mut connection_rx, &jobs).await;
+        shared.channel_closed();
+        if channel.status().connected() {
+            let _ =
+                tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, channel.close(200, "replaced".into()))
+                    .await;
+        }
+        if finished {
+            return;
+        }
+    }
+}
+
+/// Publishes batches on `channel` while it stays healthy; true when the queue is closed.
+async fn serve_channel(
+    config: &WorkerConfig,
+    shared: &Shared,
+    channel: &Channel,
+    connection_rx: &mut watch::Receiver<Option<Arc<Connection>>>,
+    jobs: &async_channel::Receiver<Job>,
+) -> bool {
+    loop {
+        if !channel.status().connected() {
+            return false;
+        }
+        let first = tokio::select! {
+            biased;
+            _ = connection_rx.changed() => return false,
+            job = jobs.recv() => match job {
+                Ok(job) => job,
+                Err(_) => return true,
+            },
+        };
+        let mut batch = vec![first];
+        let mut events = batch[0].events.len();
+        while events < config.max_batch_events {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    events += job.events.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if !publish_batch(config, shared, channel, batch).await {
+            return false;
+        }
+    }
+}
+
+async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Publishes every event of `batch`, awaits all confirms and answers every job.
+/// Returns false when the channel must be replaced.
+async fn publish_batch(
+    config: &WorkerConfig,
+    shared: &Shared,
+    channel: &Channel,
+    batch: Vec<Job>,
+) -> bool {
+    let now = Instant::now();
+    let (live, expired): (Vec<Job>, Vec<Job>) = batch
+        .into_iter()
+        .partition(|job| job.deadline > now && !job.reply.is_closed());
+    for job in expired {
+        reply(job, Err(PublishError::Timeout));
+    }
+    let Some(deadline) = live.iter().map(|job| job.deadline).min() else {
+        return true;
+    };
+    let started = Instant::now();
+    let mut publishes = Vec::with_capacity(live.iter().map(|job| job.events.len()).sum());
+    for job in &live {
+        for event in &job.events {
+            publishes.push(channel.basic_publish(
+                config.exchange.clone(),
+                routing_key(event),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &event.body,
+                properties(event, &job.received),
+            ));
+        }
+    }
+    let confirmations = tokio::time::timeout_at(deadline, async {
+        let sent = join_all(publishes).await;
+        join_all(sent.into_iter().map(|confirm| async move {
+            match confirm {
+                Ok(confirm) => confirm.await,
+                Err(error) => Err(error),
+            }
+        }))
+        .await
+    })
+    .await;
+    let Ok(confirmations) = confirmations else {
+        debug!(
+            worker = config.id,
+            "confirms timed out, replacing the channel"
+        );
+        for job in live {
+            reply(job, Err(PublishError::Timeout));
+        }
+        return false;
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let outcome = attribute(&live, confirmations);
+    for (job, result) in live.into_iter().zip(outcome.results) {
+        if result.is_ok() {
+            shared.metrics.confirm_latency.observe(elapsed);
+            for event in &job.events {
+                shared.metrics.published(&event.kind, 1);
+            }
+        }
+        reply(job, result);
+    }
+    if !outcome.channel_healthy {
+        warn!(
+            worker = config.id,
+            "channel failed during a batch, replacing it"
+        );
+    }
+    outcome.channel_healthy && channel.status().connected()
+}
+
+/// Each job's result, and whether the channel can carry another batch.
+struct Outcome {
+    results: Vec<Result<(), PublishError>>,
+    channel_healthy: bool,
+}
+
+/// Turns the batch's confirms (in publish order) into one result per job. A returned message
+/// fails every job that holds its `message_id`, whichever confirm lapin attached it to.
+fn attribute(jobs: &[Job], confirmations: Vec<lapin::Result<Confirmation>>) -> Outcome {
+    let mut results: Vec<Result<(), PublishError>> = vec![Ok(()); jobs.len()];
+    let mut returned: HashSet<String> = HashSet::new();
+    let mut channel_healthy = true;
+    let owners = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(index, job)| std::iter::repeat_n(index, job.events.len()));
+    for (owner, confirmation) in owners.zip(confirmations) {
+        let failure = match confirmation {
+            Ok(Confirmation::Ack(None)) => None,
+            Ok(Confirmation::Ack(Some(message))) => {
+                returned.insert(returned_id(&message));
+                None
+            }
+            Ok(Confirmation::Nack(message)) => {
+                if let Some(message) = message {
+                    returned.insert(returned_id(&message));
+                }
+                Some(PublishError::Nacked)
+            }
+            Ok(Confirmation::NotRequested) => {
+                channel_healthy = false;
+                Some(PublishError::ChannelClosed(
+                    "confirms are not enabled".into(),
+                ))
+            }
+            Err(error) => {
+                channel_healthy = false;
+                Some(PublishError::ChannelClosed(error.to_string()))
+            }
+        };
+        if let (Some(failure), Ok(())) = (failure, &results[owner]) {
+            results[owner] = Err(failure);
+        }
+    }
+    for id in &returned {
+        let mut owned = false;
+        for (index, job) in jobs.iter().enumerate() {
+            if job.events.iter().any(|event| &event.dedup_key == id) {
+                owned = true;
+                results[index] = Err(PublishError::Unroutable);
+            }
+        }
+        if !owned {
+            // A return that belongs to no job of this batch: attribution can no longer be
+            // trusted, so nothing in the batch is acknowledged.
+            warn!(message_id = %id, "returned message matches no event of the batch");
+            channel_healthy = false;
+            results
+                .iter_mut()
+                .for_each(|r| *r = Err(PublishError::Unroutable));
+        }
+    }
+    Outcome {
+        results,
+        channel_healthy,
+    }
+}
+
+fn returned_id(message: &lapin::message::BasicReturnMessage) -> String {
+    message
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn reply(job: Job, result: Result<(), PublishError>) {
+    // The requester may have timed out and gone; its answer was already a 503.
+    let _ = job.reply.send(result);
+}
+
+async fn fail_remaining(jobs: &async_channel::Receiver<Job>) {
+    while let Ok(job) = jobs.recv().await {
+        reply(job, Err(PublishError::Unavailable));
+    }
+}
+
+fn routing_key(event: &Event) -> ShortString {
+    // Routing keys are at most 64 bytes by construction.
+    ShortString::from(event.routing_key.as_str())
+}
+
+/// The AMQP properties and headers of the contract.
+fn properties(event: &Event, received: &ReceivedAt) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let text = |value: &str| AMQPValue::LongString(LongString::from(value));
+    headers.insert("x-deduplication-header".into(), text(&event.dedup_key));
+    headers.insert("x-bandwidth-event-type".into(), text(&event.kind));
+    headers.insert("x-received-at".into(), text(&received.rfc3339));
+    if let Some(id) = &event.message_id {
+        headers.insert("x-bandwidth-message-id".into(), text(id));
+    }
+    if let Some(time) = &event.time {
+        headers.insert("x-bandwidth-event-time".into(), text(time));
+    }
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(ShortString::from(event.dedup_key.as_str()))
+        .with_timestamp(received.unix_secs)
+        .with_app_id("bandwidth-forwarder".into())
+        .with_headers(headers);
+    // The `type` property is a short string; a longer type still travels in the header.
+    match ShortString::try_new(event.kind.as_str()) {
+        Ok(kind) => properties.with_type(kind),
+        Err(_) => properties,
+    }
+}

@@ -1,0 +1,442 @@
+//! Typed configuration, loaded in layers: built-in defaults < TOML file < `FORWARDER__…` env.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The file read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+
+/// Longest name AMQP accepts for an exchange, queue or routing key.
+const MAX_SHORT_STRING: usize = 255;
+
+/// Why the configuration could not be loaded; every message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file, an env var or a type did not parse.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub auth: AuthSettings,
+    pub amqp: AmqpSettings,
+    pub log: LogSettings,
+}
+
+/// The HTTP listener and the callback route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: String,
+    /// The route Bandwidth POSTs callbacks to.
+    pub path: String,
+    /// Bodies larger than this get 413.
+    pub max_body_bytes: usize,
+    /// Seconds advertised in `Retry-After` on 503.
+    pub retry_after_secs: u64,
+    /// A client must send its request headers within this many milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests before closing anyway.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            path: "/callbacks/bandwidth/messaging".into(),
+            max_body_bytes: 262_144,
+            retry_after_secs: 5,
+            header_read_timeout_ms: 10_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// HTTP Basic credentials Bandwidth is configured to send.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl AuthSettings {
+    /// Auth is on when a username is configured.
+    pub fn enabled(&self) -> bool {
+        !self.username.is_empty()
+    }
+}
+
+/// The broker, the exchange and the topology declared at start.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// One or more AMQP URIs separated by commas, tried in order.
+    pub uri: Secret,
+    /// Durable topic exchange every event is published to.
+    pub exchange: String,
+    /// No confirm within this many milliseconds means 503.
+    pub publish_timeout_ms: u64,
+    /// Queues declared (quorum, durable) and bound at start.
+    pub queues: Vec<QueueSettings>,
+    /// Confirm channels publishing in parallel.
+    pub channels: usize,
+    /// Most events one channel publishes before awaiting their confirms.
+    pub max_batch_events: usize,
+    /// First reconnect delay; doubles per failure up to `reconnect_max_ms`.
+    pub reconnect_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            uri: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            exchange: "bandwidth.messaging".into(),
+            publish_timeout_ms: 5_000,
+            queues: vec![QueueSettings {
+                name: "bandwidth.messaging.all".into(),
+                bindings: vec!["#".into()],
+            }],
+            channels: 4,
+            max_batch_events: 512,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+impl AmqpSettings {
+    /// The broker URIs in failover order.
+    pub fn uris(&self) -> Vec<String> {
+        split_uris(self.uri.expose())
+    }
+
+    /// The confirm deadline as a `Duration`.
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// A queue the forwarder declares, with the binding keys it binds to the exchange.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub name: String,
+    #[serde(default)]
+    pub bindings: Vec<String>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A string that never prints: `Debug` and `Serialize` show `[redacted]`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            serializer.serialize_str("")
+        } else {
+            serializer.serialize_str("[redacted]")
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `path` (or the default file when it exists), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        match path {
+            Some(path) => builder = builder.add_source(config::File::from(path).required(true)),
+            None => {
+                builder =
+                    builder.add_source(config::File::with_name(DEFAULT_CONFIG_PATH).required(false))
+            }
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("FORWARDER")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key, reason: String| Err(SettingsError::Invalid { key, reason });
+        if let Err(e) = SocketAddr::from_str(&self.http.listen) {
+            return invalid(
+                "http.listen",
+                format!("`{}` is not an address: {e}", self.http.listen),
+            );
+        }
+        if !self.http.path.starts_with('/') {
+            return invalid("http.path", "must start with `/`".into());
+        }
+        if matches!(self.http.path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            return invalid("http.path", "collides with a built-in endpoint".into());
+        }
+        if self.http.max_body_bytes == 0 {
+            return invalid("http.max_body_bytes", "must be greater than 0".into());
+        }
+        if self.http.header_read_timeout_ms == 0 {
+            return invalid(
+                "http.header_read_timeout_ms",
+                "must be greater than 0".into(),
+            );
+        }
+        if self.auth.username.is_empty() && !self.auth.password.expose().is_empty() {
+            return invalid(
+                "auth.username",
+                "a password is set but the username is empty".into(),
+            );
+        }
+        if self.auth.username.contains(':') {
+            return invalid(
+                "auth.username",
+                "must not contain `:` (Basic auth splits on it)".into(),
+            );
+        }
+        let uris = self.amqp.uris();
+        if uris.is_empty() {
+            return invalid("amqp.uri", "no URI given".into());
+        }
+        for uri in &uris {
+            if let Err(e) = lapin::uri::AMQPUri::from_str(uri) {
+                return invalid(
+                    "amqp.uri",
+                    format!("`{}` does not parse: {e}", redact_uri(uri)),
+                );
+            }
+        }
+        check_name("amqp.exchange", &self.amqp.exchange)?;
+        if self.amqp.exchange.starts_with("amq.") {
+            return invalid(
+                "amqp.exchange",
+                "the `amq.` prefix is reserved by the broker".into(),
+            );
+        }
+        if self.amqp.publish_timeout_ms == 0 {
+            return invalid("amqp.publish_timeout_ms", "must be greater than 0".into());
+        }
+        if self.amqp.channels == 0 {
+            return invalid("amqp.channels", "must be greater than 0".into());
+        }
+        if self.amqp.max_batch_events == 0 {
+            return invalid("amqp.max_batch_events", "must be greater than 0".into());
+        }
+        if self.amqp.reconnect_initial_ms == 0
+            || self.amqp.reconnect_max_ms < self.amqp.reconnect_initial_ms
+        {
+            return invalid(
+                "amqp.reconnect_initial_ms",
+                "must be greater than 0 and at most amqp.reconnect_max_ms".into(),
+            );
+        }
+        for queue in &self.amqp.queues {
+            check_name("amqp.queues", &queue.name)?;
+            for binding in &queue.bindings {
+                if binding.len() > MAX_SHORT_STRING {
+                    return invalid(
+                        "amqp.queues",
+                        format!("binding of `{}` is too long", queue.name),
+                    );
+                }
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(
+                "log.level",
+                format!("`{}` is not a filter: {e}", self.log.level),
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        let uris: Vec<String> = self.amqp.uris().iter().map(|u| redact_uri(u)).collect();
+        shown.amqp.uri = Secret::new(uris.join(","));
+        let mut table = toml::Table::try_from(&shown).unwrap_or_default();
+        if let Some(toml::Value::Table(amqp)) = table.get_mut("amqp") {
+            amqp.insert("uri".into(), toml::Value::String(uris.join(",")));
+        }
+        table.to_string()
+    }
+}
+
+fn check_name(key: &'static str, name: &str) -> Result<(), SettingsError> {
+    if name.is_empty() || name.len() > MAX_SHORT_STRING {
+        return Err(SettingsError::Invalid {
+            key,
+            reason: format!("`{name}` must be 1 to {MAX_SHORT_STRING} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Splits a comma-separated URI list, dropping blanks.
+pub fn split_uris(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return uri.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &uri[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let s = Settings::default();
+        s.validate().expect("defaults validate");
+        assert_eq!(s.http.listen, "0.0.0.0:8080");
+        assert_eq!(s.http.path, "/callbacks/bandwidth/messaging");
+        assert_eq!(s.http.max_body_bytes, 262_144);
+        assert_eq!(s.amqp.exchange, "bandwidth.messaging");
+        assert_eq!(s.amqp.publish_timeout_ms, 5_000);
+        assert_eq!(s.amqp.queues[0].name, "bandwidth.messaging.all");
+        assert_eq!(s.amqp.queues[0].bindings, vec!["#".to_string()]);
+        assert_eq!(s.log.format, LogFormat::Pretty);
+        assert!(!s.auth.enabled());
+    }
+
+    #[test]
+    fn redacts_uri_passwords() {
+        assert_eq!(
+            redact_uri("amqp://guest:s3cret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact_uri("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+        assert_eq!(redact_uri("amqps://u:p:q@h/v"), "amqps://u:***@h/v");
+    }
+
+    #[test]
+    fn splits_uri_lists() {
+        assert_eq!(
+            split_uris(" amqp://a , ,amqp://b"),
+            vec!["amqp://a", "amqp://b"]
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut s = Settings::default();
+        s.auth.username = "bw".into();
+        s.auth.password = Secret::new("hunter2");
+        s.amqp.uri = Secret::new("amqp://guest:brokerpass@h/%2f,amqp://x:other@h2/%2f");
+        let shown = s.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("brokerpass"), "{shown}");
+        assert!(!shown.contains("other@"), "{shown}");
+        assert!(shown.contains("amqp://guest:***@h/%2f"), "{shown}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    fn rejects(change: impl FnOnce(&mut Settings), key: &str) {
+        let mut s = Settings::default();
+        change(&mut s);
+        let err = s.validate().expect_err("should be rejected").to_string();
+        assert!(err.contains(key), "`{err}` should name `{key}`");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        rejects(|s| s.http.listen = "nowhere".into(), "http.listen");
+        rejects(|s| s.http.path = "callbacks".into(), "http.path");
+        rejects(|s| s.http.max_body_bytes = 0, "http.max_body_bytes");
+        rejects(|s| s.amqp.publish_timeout_ms = 0, "amqp.publish_timeout_ms");
+        rejects(|s| s.auth.password = Secret::new("p"), "auth.username");
+        rejects(|s| s.amqp.uri = Secret::new("http://x"), "amqp.uri");
+        rejects(|s| s.amqp.exchange = String::new(), "amqp.exchange");
+        rejects(|s| s.amqp.channels = 0, "amqp.channels");
+        rejects(|s| s.log.level = "info,[".into(), "log.level");
+    }
+}
