@@ -321,3 +321,102 @@ fn properties(event: &Event, received: &ReceivedAt) -> BasicProperties {
         Err(_) => properties,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::message::{BasicReturnMessage, Delivery};
+
+    fn job(keys: &[&str]) -> Job {
+        let events = keys
+            .iter()
+            .map(|key| Event {
+                body: bytes::Bytes::from_static(b"{}"),
+                kind: "t".into(),
+                routing_key: "t".into(),
+                dedup_key: (*key).into(),
+                message_id: None,
+                time: None,
+            })
+            .collect();
+        Job {
+            events,
+            received: ReceivedAt::now(),
+            deadline: Instant::now(),
+            reply: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    fn returned(key: &str) -> BasicReturnMessage {
+        let mut delivery = Delivery::mock(0, "ex".into(), "t".into(), false, Vec::new());
+        delivery.properties = BasicProperties::default().with_message_id(key.into());
+        BasicReturnMessage {
+            delivery,
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        }
+    }
+
+    #[test]
+    fn a_return_attached_to_another_jobs_confirm_fails_its_own_job() {
+        let jobs = [job(&["a1", "a2"]), job(&["b1"])];
+        // lapin handed b1's return to a1's confirm: a must still succeed, b must fail.
+        let confirmations = vec![
+            Ok(Confirmation::Ack(Some(returned("b1")))),
+            Ok(Confirmation::Ack(None)),
+            Ok(Confirmation::Ack(None)),
+        ];
+        let outcome = attribute(&jobs, confirmations);
+        assert_eq!(outcome.results, vec![Ok(()), Err(PublishError::Unroutable)]);
+        assert!(outcome.channel_healthy);
+    }
+
+    #[test]
+    fn a_return_of_no_job_in_the_batch_fails_the_whole_batch() {
+        let jobs = [job(&["a"]), job(&["b"])];
+        let confirmations = vec![
+            Ok(Confirmation::Ack(Some(returned("stranger")))),
+            Ok(Confirmation::Ack(None)),
+        ];
+        let outcome = attribute(&jobs, confirmations);
+        assert!(outcome.results.iter().all(Result::is_err));
+        assert!(!outcome.channel_healthy);
+    }
+
+    #[test]
+    fn nacks_and_channel_errors_fail_only_their_job() {
+        let jobs = [job(&["a"]), job(&["b"]), job(&["c"])];
+        let confirmations = vec![
+            Ok(Confirmation::Nack(None)),
+            Ok(Confirmation::Ack(None)),
+            Err(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into()),
+        ];
+        let outcome = attribute(&jobs, confirmations);
+        assert_eq!(outcome.results[0], Err(PublishError::Nacked));
+        assert_eq!(outcome.results[1], Ok(()));
+        assert!(matches!(
+            outcome.results[2],
+            Err(PublishError::ChannelClosed(_))
+        ));
+        assert!(!outcome.channel_healthy);
+    }
+
+    #[test]
+    fn duplicate_keys_across_jobs_fail_every_holder_of_a_returned_key() {
+        let jobs = [job(&["k"]), job(&["k"]), job(&["other"])];
+        let confirmations = vec![
+            Ok(Confirmation::Ack(None)),
+            Ok(Confirmation::Ack(Some(returned("k")))),
+            Ok(Confirmation::Ack(None)),
+        ];
+        let outcome = attribute(&jobs, confirmations);
+        assert_eq!(
+            outcome.results,
+            vec![
+                Err(PublishError::Unroutable),
+                Err(PublishError::Unroutable),
+                Ok(())
+            ]
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! Bad input: the right 4xx, a JSON error, and nothing published — ever.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, spawn_app, test_settings};
+
+async fn assert_rejected(
+    app: &TestApp,
+    answer: crate::helpers::Answer,
+    status: StatusCode,
+    word: &str,
+) {
+    assert_eq!(
+        answer.status,
+        status,
+        "{:?}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert_eq!(answer.error_word(), word);
+    assert!(
+        app.drain().await.is_empty(),
+        "a rejected request published something"
+    );
+}
+
+#[tokio::test]
+async fn invalid_bodies_get_400_and_publish_nothing() {
+    let app = spawn_app(test_settings()).await;
+    let valid = r#"{"type":"message-delivered","message":{"id":"m"}}"#;
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "invalid_json"),
+        (String::new(), "invalid_json"),
+        ("[{\"type\":\"a\"}".into(), "invalid_json"),
+        ("\u{feff}[{\"type\":\"a\"}]".into(), "invalid_json"),
+        ("\"a string\"".into(), "not_array_or_object"),
+        ("42".into(), "not_array_or_object"),
+        ("null".into(), "not_array_or_object"),
+        ("[]".into(), "empty_array"),
+        (format!("[{valid}, 3]"), "event_not_object"),
+        (format!("[{valid}, [\"nested\"]]"), "event_not_object"),
+        (format!("[{valid}, {{}}]"), "missing_type"),
+        (format!("[{valid}, {{\"type\": 5}}]"), "missing_type"),
+        (format!("[{valid}, {{\"type\": null}}]"), "missing_type"),
+        (
+            format!("[{valid}, {{\"type\": \"a\", \"type\": \"b\"}}]"),
+            "malformed_event",
+        ),
+    ];
+    for (body, word) in cases {
+        let answer = app.post_callback(body.clone()).await;
+        assert_rejected(&app, answer, StatusCode::BAD_REQUEST, word).await;
+    }
+    let invalid_utf8 = Bytes::from_static(b"[{\"type\":\"a\",\"x\":\"\xff\"}]");
+    assert_rejected(
+        &app,
+        app.post_callback(invalid_utf8).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_content_type_gets_415() {
+    let app = spawn_app(test_settings()).await;
+    let body = Bytes::from_static(br#"[{"type":"message-sent"}]"#);
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset=latin1"),
+        None,
+    ] {
+        let headers: Vec<(&str, &str)> = content_type
+            .iter()
+            .map(|ct| ("content-type", *ct))
+            .collect();
+        let answer = app
+            .request(Method::POST, &app.callback_url(), &headers, body.clone())
+            .await;
+        assert_rejected(
+            &app,
+            answer,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn other_methods_and_paths_get_405_and_404() {
+    let app = spawn_app(test_settings()).await;
+    let body = Bytes::from_static(br#"[{"type":"message-sent"}]"#);
+    let json = [("content-type", "application/json")];
+    for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
+        let answer = app
+            .request(method.clone(), &app.callback_url(), &json, body.clone())
+            .await;
+        assert_eq!(
+            answer.headers.get("allow").map(|v| v.as_bytes()),
+            Some(&b"POST"[..])
+        );
+        assert_rejected(
+            &app,
+            answer,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        )
+        .await;
+    }
+    let elsewhere = format!("http://{}/callbacks/other", app.addr);
+    let answer = app
+        .request(Method::POST, &elsewhere, &json, body.clone())
+        .await;
+    assert_rejected(&app, answer, StatusCode::NOT_FOUND, "not_found").await;
+    let answer = app
+        .request(
+            Method::POST,
+            &format!("http://{}/healthz", app.addr),
+            &json,
+            body,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let mut settings = test_settings();
+    settings.http.max_body_bytes = 1024;
+    let app = spawn_app(settings).await;
+    let big = format!(
+        r#"[{{"type":"message-sent","pad":"{}"}}]"#,
+        "x".repeat(2000)
+    );
+    assert_rejected(
+        &app,
+        app.post_callback(big.clone()).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    )
+    .await;
+
+    // Chunked, no Content-Length: the limit holds while streaming.
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        app.settings.http.path
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    for chunk in big.as_bytes().chunks(300) {
+        let framed = format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        );
+        if stream.write_all(framed.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(
+        response.contains("\"error\":\"body_too_large\""),
+        "{response}"
+    );
+    assert!(app.drain().await.is_empty());
+
+    // Exactly at the limit is fine.
+    let at_limit = format!(
+        r#"[{{"type":"message-sent","pad":"{}"}}]"#,
+        "x".repeat(1024 - 34)
+    );
+    assert_eq!(at_limit.len(), 1024);
+    assert_eq!(app.post_callback(at_limit).await.status, StatusCode::OK);
+    assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}

@@ -1,0 +1,188 @@
+//! Broker outcomes: only a confirmed, routed event is ever answered 2xx.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bandwidth_forwarder::settings::{QueueSettings, Secret};
+use futures_util::future::join_all;
+use hyper::StatusCode;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use crate::helpers::{Answer, amqp_uri, spawn_app, spawn_app_unready, test_settings, unique};
+
+fn assert_503_with_retry_after(answer: &Answer, word: &str) {
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.body
+    );
+    assert!(
+        answer.headers.contains_key("retry-after"),
+        "503 without Retry-After"
+    );
+    assert_eq!(answer.error_word(), word);
+}
+
+/// A queue bound only to `message.#`: other types have no route.
+fn settings_routing_only_message_types() -> bandwidth_forwarder::settings::Settings {
+    let mut settings = test_settings();
+    settings.amqp.queues = vec![QueueSettings {
+        name: unique("q"),
+        bindings: vec!["message.#".into()],
+    }];
+    settings
+}
+
+#[tokio::test]
+async fn an_unroutable_event_gets_503_and_the_next_routable_one_2xx() {
+    let app = spawn_app(settings_routing_only_message_types()).await;
+    let answer = app
+        .post_callback(
+            r#"[{"type":"message-sent","message":{"id":"ok-1"}},{"type":"nobody-listens"}]"#,
+        )
+        .await;
+    assert_503_with_retry_after(&answer, "unroutable");
+    // The routable half may have landed; a retry would carry the same key.
+    app.drain().await;
+    let answer = app
+        .post_callback(r#"[{"type":"message-sent","message":{"id":"ok-2"}}]"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_unroutable_events_are_never_answered_2xx() {
+    let mut settings = settings_routing_only_message_types();
+    settings.amqp.channels = 2;
+    let app = spawn_app(settings).await;
+    let rounds = 400;
+    let requests = (0..rounds).map(|i| {
+        let body = if i % 2 == 0 {
+            format!(
+                r#"[{{"type":"message-delivered","to":"+1555","message":{{"id":"routable-{i}"}}}}]"#
+            )
+        } else {
+            format!(r#"[{{"type":"lost-{i}","message":{{"id":"unroutable-{i}"}}}}]"#)
+        };
+        let app = &app;
+        async move { (i, app.post_callback(body).await) }
+    });
+    let answers = join_all(requests).await;
+    let mut accepted = 0;
+    for (i, answer) in &answers {
+        if i % 2 == 0 {
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "routable {i}: {:?}",
+                answer.body
+            );
+            accepted += 1;
+        } else {
+            assert_503_with_retry_after(answer, "unroutable");
+        }
+    }
+    let ids: HashSet<String> = app
+        .drain()
+        .await
+        .iter()
+        .map(|m| m.header("x-bandwidth-message-id").expect("id"))
+        .collect();
+    assert_eq!(ids.len(), accepted);
+    assert!(ids.iter().all(|id| id.starts_with("routable-")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_nack_from_the_broker_gets_503() {
+    let mut settings = test_settings();
+    let queue = unique("bounded");
+    settings.amqp.queues = vec![];
+    let app = spawn_app(settings).await;
+    // A queue that refuses a second message: the broker nacks the publish.
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    app.channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .expect("declare bounded queue");
+    app.channel
+        .queue_bind(
+            queue.as_str().into(),
+            app.settings.amqp.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let first = app
+        .post_callback(r#"{"type":"message-sent","message":{"id":"1"}}"#)
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let second = app
+        .post_callback(r#"{"type":"message-sent","message":{"id":"2"}}"#)
+        .await;
+    assert_503_with_retry_after(&second, "nack");
+    app.channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete bounded queue");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_means_503_not_2xx_and_the_service_stays_up() {
+    let mut settings = test_settings();
+    settings.amqp.uri = Secret::new("amqp://guest:guest@127.0.0.1:1/%2f");
+    let app = spawn_app_unready(settings).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.headers.contains_key("retry-after"));
+    let started = Instant::now();
+    let answer = app.post_callback(r#"[{"type":"message-sent"}]"#).await;
+    assert!(started.elapsed() < Duration::from_millis(app.settings.amqp.publish_timeout_ms));
+    assert_503_with_retry_after(&answer, "broker_unavailable");
+    let metrics = app.get("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.contains("forwarder_broker_connected 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("forwarder_publish_failures_total{reason=\"broker_unavailable\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn it_fails_over_to_the_next_uri_that_answers() {
+    let mut settings = test_settings();
+    settings.amqp.uri = Secret::new(format!(
+        "amqp://guest:guest@127.0.0.1:1/%2f, {}",
+        amqp_uri()
+    ));
+    let app = spawn_app(settings).await;
+    let answer = app.post_callback(r#"[{"type":"message-sent"}]"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}

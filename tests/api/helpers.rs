@@ -1,0 +1,332 @@
+//! Test harness: a real forwarder on a random port, a real RabbitMQ, unique names per test.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bandwidth_forwarder::app::Application;
+use bandwidth_forwarder::settings::{QueueSettings, Secret, Settings};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The broker the tests use; `TEST_AMQP_URI` overrides it.
+pub fn amqp_uri() -> String {
+    std::env::var("TEST_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("test.{prefix}.{:016x}", fastrand::u64(..))
+}
+
+/// Connects to the test broker or fails saying how to start one.
+pub async fn broker() -> Connection {
+    let uri = amqp_uri();
+    match Connection::connect(&uri, ConnectionProperties::default()).await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is not reachable at {uri}: {error}.\n\
+             Start one with `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), \
+             or point TEST_AMQP_URI at one."
+        ),
+    }
+}
+
+/// The bytes of a fixture under `tests/fixtures/bandwidth/`.
+pub fn fixture(name: &str) -> Bytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bandwidth")
+        .join(name);
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())))
+}
+
+/// Every fixture file name.
+pub fn fixture_names() -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bandwidth");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("fixtures dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Settings for one test: random port, unique exchange and queue bound to `#`.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.http.listen = "127.0.0.1:0".into();
+    settings.amqp.uri = Secret::new(amqp_uri());
+    settings.amqp.exchange = unique("ex");
+    settings.amqp.queues = vec![QueueSettings {
+        name: unique("q"),
+        bindings: vec!["#".into()],
+    }];
+    settings.amqp.publish_timeout_ms = 3_000;
+    settings.amqp.reconnect_initial_ms = 50;
+    settings.amqp.reconnect_max_ms = 500;
+    settings
+}
+
+/// An answered HTTP request.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON (every answer of the forwarder is JSON but /metrics).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Asserts the contract's error body and returns its `error` word.
+    pub fn error_word(&self) -> String {
+        let json = self.json();
+        assert!(json["detail"].is_string(), "no detail in {json}");
+        json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error word in {json}"))
+            .to_owned()
+    }
+}
+
+/// A running forwarder and the broker objects made for it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    pub channel: Channel,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _connection: Connection,
+}
+
+/// Starts a forwarder with `settings` and waits until it is ready.
+pub async fn spawn_app(settings: Settings) -> TestApp {
+    let app = spawn_app_unready(settings).await;
+    app.wait_ready().await;
+    app
+}
+
+/// Starts a forwarder without waiting for the broker.
+pub async fn spawn_app_unready(settings: Settings) -> TestApp {
+    let connection = broker().await;
+    let channel = connection.create_channel().await.expect("test channel");
+    let application = Application::build(settings.clone())
+        .await
+        .expect("build app");
+    let addr = application.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        settings,
+        channel,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        stop: Some(stop),
+        task: Some(task),
+        _connection: connection,
+    }
+}
+
+impl TestApp {
+    /// The one queue this app declared.
+    pub fn queue(&self) -> &str {
+        &self.settings.amqp.queues[0].name
+    }
+
+    pub fn callback_url(&self) -> String {
+        format!("http://{}{}", self.addr, self.settings.http.path)
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.get("/readyz").await.status == StatusCode::OK {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "forwarder not ready after 15 s: is RabbitMQ up at {}?",
+                amqp_uri()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Answer {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(body)).expect("request");
+        let response = self.client.request(request).await.expect("HTTP request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request(
+            Method::GET,
+            &format!("http://{}{path}", self.addr),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// POSTs a JSON callback the way Bandwidth does.
+    pub async fn post_callback(&self, body: impl Into<Bytes>) -> Answer {
+        self.post_callback_with(body, &[]).await
+    }
+
+    pub async fn post_callback_with(
+        &self,
+        body: impl Into<Bytes>,
+        extra: &[(&str, &str)],
+    ) -> Answer {
+        let mut headers = vec![
+            ("content-type", "application/json; charset=utf-8"),
+            ("user-agent", "BandwidthAPI/v2"),
+        ];
+        headers.extend_from_slice(extra);
+        self.request(Method::POST, &self.callback_url(), &headers, body.into())
+            .await
+    }
+
+    /// Takes every message now in the queue (publishes are confirmed before 2xx, so a
+    /// message that should be there is there).
+    pub async fn drain(&self) -> Vec<Message> {
+        drain_queue(&self.channel, self.queue()).await
+    }
+
+    /// Stops the app (graceful shutdown) and deletes its queue and exchange.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("app stops within 20 s")
+                .expect("app task")
+                .expect("app run");
+        }
+        self.cleanup().await;
+    }
+
+    /// Deletes the queues and exchange this app declared.
+    pub async fn cleanup(&self) {
+        for queue in &self.settings.amqp.queues {
+            let _ = self
+                .channel
+                .queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.settings.amqp.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+
+    /// Triggers graceful shutdown without waiting for it.
+    pub fn begin_stop(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("app still running")
+    }
+}
+
+/// A message read back from the queue.
+#[derive(Debug)]
+pub struct Message {
+    pub body: Vec<u8>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+}
+
+impl Message {
+    /// A header as a string, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.properties.headers().as_ref()?;
+        match headers.inner().get(&ShortString::from(name))? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            other => panic!("header {name} is not a string: {other:?}"),
+        }
+    }
+
+    pub fn message_id(&self) -> String {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .expect("message_id")
+    }
+}
+
+/// Takes every message now in `queue`.
+pub async fn drain_queue(channel: &Channel, queue: &str) -> Vec<Message> {
+    let mut messages = Vec::new();
+    while let Some(got) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        let delivery = got.delivery;
+        messages.push(Message {
+            body: delivery.data.clone(),
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            properties: delivery.properties.clone(),
+        });
+    }
+    messages
+}
+
+/// Lowercase hex SHA-256, computed here independently of the crate.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

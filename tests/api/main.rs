@@ -1,0 +1,9 @@
+//! Integration tests against a real RabbitMQ (127.0.0.1:5672, or `TEST_AMQP_URI`).
+
+mod auth;
+mod bad_input;
+mod broker;
+mod callbacks;
+mod cli;
+mod helpers;
+mod shutdown;

@@ -1,0 +1,236 @@
+//! Graceful shutdown: admitted callbacks finish, new ones get 503, the process exits 0.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Answer, amqp_uri, broker, drain_queue, spawn_app, test_settings, unique};
+
+async fn inflight(app: &crate::helpers::TestApp) -> String {
+    let metrics = app.get("/metrics").await;
+    String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .find(|line| line.starts_with("forwarder_inflight_requests "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_admitted_request_finishes_while_new_ones_get_503() {
+    let mut app = spawn_app(test_settings()).await;
+    let body = br#"[{"type":"message-sent","message":{"id":"in-flight"}}]"#;
+    let mut slow = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        app.settings.http.path,
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.expect("head");
+    slow.write_all(&body[..10]).await.expect("part of the body");
+    for _ in 0..200 {
+        if inflight(&app).await == "forwarder_inflight_requests 1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(inflight(&app).await, "forwarder_inflight_requests 1");
+
+    let stopped = app.begin_stop();
+    let mut ready = app.get("/readyz").await;
+    for _ in 0..100 {
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        ready = app.get("/readyz").await;
+    }
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readyz turns 503 at once"
+    );
+    let refused = app.post_callback(r#"[{"type":"message-sent"}]"#).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(refused.error_word(), "shutting_down");
+
+    slow.write_all(&body[10..]).await.expect("rest of the body");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut response))
+        .await
+        .expect("answer within 10 s")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    tokio::time::timeout(Duration::from_secs(15), stopped)
+        .await
+        .expect("stops after the drain")
+        .expect("task")
+        .expect("clean stop");
+    let messages = app.drain().await;
+    assert_eq!(
+        messages.len(),
+        1,
+        "exactly the admitted request was published"
+    );
+    app.cleanup().await;
+}
+
+/// Runs the real binary, posts callbacks concurrently, sends SIGTERM in the middle.
+#[tokio::test]
+async fn sigterm_under_load_answers_everything_and_exits_0() {
+    let exchange = unique("ex");
+    let queue = unique("q");
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("config")));
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[amqp]\nuri = \"{}\"\nexchange = \"{exchange}\"\n\
+             [[amqp.queues]]\nname = \"{queue}\"\nbindings = [\"#\"]\n[log]\nformat = \"json\"\n",
+            amqp_uri()
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let log_reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                && json["message"] == "listening"
+            {
+                let _ = addr_tx.send(json["listen"].as_str().unwrap_or_default().to_owned());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a `listening` log line with the address");
+    assert!(!addr.ends_with(":0"), "the log names the real port: {addr}");
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{addr}/callbacks/bandwidth/messaging");
+    for _ in 0..300 {
+        let ready = client
+            .request(
+                Request::get(format!("http://{addr}/readyz"))
+                    .body(Full::default())
+                    .expect("req"),
+            )
+            .await;
+        if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let post = move |i: usize| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let body =
+                format!(r#"[{{"type":"message-delivered","message":{{"id":"sigterm-{i}"}}}}]"#);
+            let request = Request::post(url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("req");
+            let response = client.request(request).await.ok()?;
+            let status = response.status();
+            let body = response.into_body().collect().await.ok()?.to_bytes();
+            Some((
+                i,
+                Answer {
+                    status,
+                    headers: Default::default(),
+                    body,
+                },
+            ))
+        }
+    };
+    let pid = child.id().to_string();
+    let load = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for wave in 0..40 {
+            answers.extend(join_all((0..16).map(|j| post(wave * 16 + j))).await);
+        }
+        answers
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let answers = load.await.expect("load task");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let log = log_reader.join().expect("log reader");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit code after SIGTERM; log:\n{}",
+        log.join("\n")
+    );
+
+    let answered: Vec<(usize, Answer)> = answers.into_iter().flatten().collect();
+    let mut acked = HashSet::new();
+    for (i, answer) in &answered {
+        match answer.status {
+            StatusCode::OK => {
+                acked.insert(format!("sigterm-{i}"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(answer.error_word(), "shutting_down"),
+            other => panic!("request {i} got {other}"),
+        }
+    }
+    assert!(
+        !acked.is_empty(),
+        "some requests were answered before the signal"
+    );
+    assert!(
+        answered
+            .iter()
+            .any(|(_, a)| a.status == StatusCode::SERVICE_UNAVAILABLE)
+            || answered.len() < 640,
+        "the signal landed mid-load"
+    );
+    let connection = broker().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let stored: HashSet<String> = drain_queue(&channel, &queue)
+        .await
+        .iter()
+        .map(|m| m.header("x-bandwidth-message-id").expect("id"))
+        .collect();
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "answered 200 but not in the queue: {lost:?}"
+    );
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    let _ = std::fs::remove_file(config);
+}
