@@ -12,35 +12,12 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The broker the tests use; `TEST_AMQP_URI` overrides it.
-pub fn amqp_uri() -> String {
-    std::env::var("TEST_AMQP_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// A name no other test (or run) uses.
-pub fn unique(prefix: &str) -> String {
-    format!("test.{prefix}.{:016x}", fastrand::u64(..))
-}
-
-/// Connects to the test broker or fails saying how to start one.
-pub async fn broker() -> Connection {
-    let uri = amqp_uri();
-    match Connection::connect(&uri, ConnectionProperties::default()).await {
-        Ok(connection) => connection,
-        Err(error) => panic!(
-            "RabbitMQ is not reachable at {uri}: {error}.\n\
-             Start one with `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), \
-             or point TEST_AMQP_URI at one."
-        ),
-    }
-}
+pub use crate::common::{Message, amqp_uri, broker, drain_queue, unique};
 
 /// The bytes of a fixture under `tests/fixtures/bandwidth/`.
 pub fn fixture(name: &str) -> Bytes {
@@ -275,54 +252,6 @@ impl TestApp {
         }
         self.task.take().expect("app still running")
     }
-}
-
-/// A message read back from the queue.
-#[derive(Debug)]
-pub struct Message {
-    pub body: Vec<u8>,
-    pub exchange: String,
-    pub routing_key: String,
-    pub properties: BasicProperties,
-}
-
-impl Message {
-    /// A header as a string, if present.
-    pub fn header(&self, name: &str) -> Option<String> {
-        let headers = self.properties.headers().as_ref()?;
-        match headers.inner().get(&ShortString::from(name))? {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.to_string()),
-            other => panic!("header {name} is not a string: {other:?}"),
-        }
-    }
-
-    pub fn message_id(&self) -> String {
-        self.properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .expect("message_id")
-    }
-}
-
-/// Takes every message now in `queue`.
-pub async fn drain_queue(channel: &Channel, queue: &str) -> Vec<Message> {
-    let mut messages = Vec::new();
-    while let Some(got) = channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        let delivery = got.delivery;
-        messages.push(Message {
-            body: delivery.data.clone(),
-            exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
-            properties: delivery.properties.clone(),
-        });
-    }
-    messages
 }
 
 /// Lowercase hex SHA-256, computed here independently of the crate.

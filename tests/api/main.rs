@@ -5,5 +5,7 @@ mod bad_input;
 mod broker;
 mod callbacks;
 mod cli;
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 mod shutdown;

@@ -1,0 +1,266 @@
+//! Shared by the test crates: the broker, unique names, reading queues, the real binary.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+/// The broker the tests use; `TEST_AMQP_URI` overrides it.
+pub fn amqp_uri() -> String {
+    std::env::var("TEST_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("test.{prefix}.{:016x}", fastrand::u64(..))
+}
+
+/// Connects to `uri` or fails saying how to start a broker.
+pub async fn broker_at(uri: &str) -> Connection {
+    match Connection::connect(uri, ConnectionProperties::default()).await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is not reachable at {uri}: {error}.\n\
+             Start one with `scripts/ensure-rabbitmq` (or `docker compose up -d rabbitmq`), \
+             or point TEST_AMQP_URI at one."
+        ),
+    }
+}
+
+/// Connects to the test broker or fails saying how to start one.
+pub async fn broker() -> Connection {
+    broker_at(&amqp_uri()).await
+}
+
+/// A message read back from a queue.
+#[derive(Debug)]
+pub struct Message {
+    pub body: Vec<u8>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+}
+
+impl Message {
+    /// A header as a string, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.properties.headers().as_ref()?;
+        match headers.inner().get(&ShortString::from(name))? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            other => panic!("header {name} is not a string: {other:?}"),
+        }
+    }
+
+    pub fn message_id(&self) -> String {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .expect("message_id")
+    }
+}
+
+/// Takes every message now in `queue`, one `basic.get` at a time (keeps order).
+pub async fn drain_queue(channel: &Channel, queue: &str) -> Vec<Message> {
+    let mut messages = Vec::new();
+    while let Some(got) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        let delivery = got.delivery;
+        messages.push(Message {
+            body: delivery.data,
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            properties: delivery.properties,
+        });
+    }
+    messages
+}
+
+/// Counts the messages of `queue` by their `x-bandwidth-message-id` header, consuming them all.
+pub async fn count_ids(channel: &Channel, queue: &str) -> HashMap<String, usize> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    let expected = declared.message_count() as usize;
+    channel
+        .basic_qos(2000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            unique("reader").as_str().into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut counts = HashMap::new();
+    let mut seen = 0;
+    while seen < expected {
+        let next = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("messages keep coming");
+        let delivery = next.expect("consumer open").expect("delivery");
+        let id = Message {
+            body: Vec::new(),
+            exchange: String::new(),
+            routing_key: String::new(),
+            properties: delivery.properties.clone(),
+        }
+        .header("x-bandwidth-message-id")
+        .unwrap_or_default();
+        *counts.entry(id).or_insert(0) += 1;
+        seen += 1;
+    }
+    counts
+}
+
+/// Deletes a queue and an exchange, ignoring what is already gone.
+pub async fn delete_topology(channel: &Channel, queue: &str, exchange: &str) {
+    let _ = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await;
+}
+
+/// The real binary, started with a generated config file and JSON logs.
+pub struct Forwarder {
+    child: Child,
+    /// The address from its `listening` log line.
+    pub addr: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
+}
+
+impl Forwarder {
+    /// Starts the binary with `toml` (which should set `http.listen = "127.0.0.1:0"`).
+    pub fn start(toml: &str) -> Self {
+        let config = std::env::temp_dir().join(format!("{}.toml", unique("forwarder")));
+        std::fs::write(&config, format!("{toml}\n[log]\nformat = \"json\"\n"))
+            .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the binary");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json["message"] == "listening"
+                {
+                    let _ = addr_tx.send(json["listen"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(addr) => addr,
+            Err(_) => panic!(
+                "no `listening` log line; logs:\n{}",
+                logs.lock().expect("logs").join("\n")
+            ),
+        };
+        Self {
+            child,
+            addr,
+            logs,
+            config,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, …).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; its exit code, or `None` if killed by a signal.
+    pub async fn wait_exit(mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still running after {within:?}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// The TOML of a forwarder on a random port publishing to `exchange`, declaring `queue`.
+pub fn forwarder_toml(uri: &str, exchange: &str, queue: &str, publish_timeout_ms: u64) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+         [amqp]\nuri = \"{uri}\"\nexchange = \"{exchange}\"\npublish_timeout_ms = {publish_timeout_ms}\n\
+         reconnect_initial_ms = 50\nreconnect_max_ms = 1000\n\
+         [[amqp.queues]]\nname = \"{queue}\"\nbindings = [\"#\"]\n"
+    )
+}

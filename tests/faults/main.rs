@@ -1,0 +1,492 @@
+//! The fault suite: every 2xx must be in a durable queue, whatever happens to the broker or
+//! the forwarder. Each scenario runs the real binary under load (16 concurrent posters), injects
+//! one fault, and prints a row: requests, 2xx, non-2xx by status, lost, duplicates, events never
+//! acknowledged, recovery time. Scenarios change the shared broker, so they run one at a time
+//! and restore it on every path (a guard's `Drop`).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod load;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use common::{Forwarder, amqp_uri, broker_at, count_ids, delete_topology, forwarder_toml, unique};
+use load::{LoadResult, Report};
+
+/// Scenarios share one broker: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Publish timeout of the forwarders under test.
+const PUBLISH_TIMEOUT_MS: u64 = 2_000;
+
+/// Runs `rabbitmqctl` against the machine's node, panicking with its output on failure.
+fn rabbitmqctl(args: &[&str]) {
+    run_script("rabbitmqctl", args);
+}
+
+fn run_script(program: &str, args: &[&str]) -> String {
+    let output = Command::new("timeout")
+        .arg("180")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{text}"
+    );
+    text
+}
+
+fn script(name: &str) -> String {
+    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs its command when dropped: puts the broker back however the scenario ends.
+struct Restore(Vec<(String, Vec<String>)>);
+
+impl Restore {
+    fn new(program: &str, args: &[&str]) -> Self {
+        Self(vec![(
+            program.to_owned(),
+            args.iter().map(|a| (*a).to_owned()).collect(),
+        )])
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        for (program, args) in &self.0 {
+            let _ = Command::new("timeout")
+                .arg("180")
+                .arg(program)
+                .args(args)
+                .status();
+        }
+    }
+}
+
+/// A forwarder with its own exchange and queue on `uri`.
+struct Subject {
+    uri: String,
+    exchange: String,
+    queue: String,
+}
+
+impl Subject {
+    fn new(uri: &str) -> Self {
+        Self {
+            uri: uri.to_owned(),
+            exchange: unique("ex"),
+            queue: unique("q"),
+        }
+    }
+
+    async fn start(&self) -> Forwarder {
+        let forwarder = Forwarder::start(&forwarder_toml(
+            &self.uri,
+            &self.exchange,
+            &self.queue,
+            PUBLISH_TIMEOUT_MS,
+        ));
+        assert!(
+            wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
+            "forwarder not ready; logs:\n{}",
+            forwarder.logs()
+        );
+        forwarder
+    }
+
+    /// Every message id in the queue, read through the first URI that answers.
+    async fn stored(&self, uri: &str) -> HashMap<String, usize> {
+        let connection = broker_at(uri).await;
+        let channel = connection.create_channel().await.expect("channel");
+        let stored = count_ids(&channel, &self.queue).await;
+        delete_topology(&channel, &self.queue, &self.exchange).await;
+        stored
+    }
+}
+
+async fn status_of(url: &str) -> u16 {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let Ok(request) = hyper::Request::get(url).body(http_body_util::Full::default()) else {
+        return 0;
+    };
+    match tokio::time::timeout(Duration::from_secs(2), client.request(request)).await {
+        Ok(Ok(response)) => response.status().as_u16(),
+        _ => 0,
+    }
+}
+
+async fn wait_ready(url: &str, within: Duration) -> bool {
+    wait_status(url, 200, within).await
+}
+
+async fn wait_status(url: &str, status: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if status_of(url).await == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Starts the load generator against `url`.
+fn start_load(
+    url: String,
+    prefix: &str,
+    retry: bool,
+) -> (CancellationToken, tokio::task::JoinHandle<LoadResult>) {
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(load::run(url, unique(prefix), stop.clone(), retry));
+    (stop, handle)
+}
+
+async fn finish_load(
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<LoadResult>,
+) -> LoadResult {
+    stop.cancel();
+    handle.await.expect("load generator")
+}
+
+fn assert_recovered(load: &LoadResult, after: Instant) {
+    assert!(
+        load.attempts
+            .iter()
+            .any(|a| a.status == 200 && a.at > after),
+        "no 2xx after recovery"
+    );
+}
+
+#[tokio::test]
+async fn s1_close_all_connections_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let subject = Subject::new(&amqp_uri());
+    let forwarder = subject.start().await;
+    let (stop, load) = start_load(forwarder.url("/callbacks/bandwidth/messaging"), "s1", false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    rabbitmqctl(&["close_all_connections", "fault suite"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        wait_ready(&forwarder.url("/readyz"), Duration::from_secs(20)).await,
+        "no recovery"
+    );
+    let ready = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = finish_load(stop, load).await;
+    let report = Report::new(
+        "1. close_all_connections",
+        &load,
+        &subject.stored(&subject.uri).await,
+        fault,
+    );
+    report.print();
+    assert_eq!(report.lost, 0);
+    assert_recovered(&load, ready);
+}
+
+#[tokio::test]
+async fn s2_broker_stop_app_and_start_app_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let subject = Subject::new(&amqp_uri());
+    let forwarder = subject.start().await;
+    let (stop, load) = start_load(forwarder.url("/callbacks/bandwidth/messaging"), "s2", false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    {
+        let _restart = Restore::new("rabbitmqctl", &["start_app"]);
+        rabbitmqctl(&["stop_app"]);
+        assert!(
+            wait_status(&forwarder.url("/readyz"), 503, Duration::from_secs(5)).await,
+            "readyz must turn 503 while the broker is down"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
+        "no recovery"
+    );
+    let ready = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = finish_load(stop, load).await;
+    let report = Report::new(
+        "2. stop_app / start_app",
+        &load,
+        &subject.stored(&subject.uri).await,
+        fault,
+    );
+    report.print();
+    assert_eq!(report.lost, 0);
+    assert_recovered(&load, ready);
+    assert!(
+        report.failures.contains_key(&503),
+        "the outage must show as 503s"
+    );
+}
+
+#[tokio::test]
+async fn s3_memory_alarm_blocks_then_recovers() {
+    let _serial = SERIAL.lock().await;
+    let subject = Subject::new(&amqp_uri());
+    let forwarder = subject.start().await;
+    let callback = forwarder.url("/callbacks/bandwidth/messaging");
+    let (stop, load) = start_load(callback.clone(), "s3", false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault;
+    {
+        let watermark = run_script(
+            "rabbitmqctl",
+            &["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."],
+        );
+        let watermark = watermark.trim();
+        assert!(watermark.parse::<f64>().is_ok(), "watermark `{watermark}`");
+        let _restore = Restore::new("rabbitmqctl", &["set_vm_memory_high_watermark", watermark]);
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.000001"]);
+        fault = Instant::now();
+        assert!(
+            wait_status(&forwarder.url("/readyz"), 503, Duration::from_secs(1)).await,
+            "readyz must turn 503 within 1 s of the alarm"
+        );
+        let blocked_after = fault.elapsed();
+        let started = Instant::now();
+        let status = status_of_post(&callback).await;
+        assert_eq!(status, 503, "a callback during the alarm");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "503 at once, not after the timeout"
+        );
+        eprintln!("memory alarm: readyz 503 after {blocked_after:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        wait_ready(&forwarder.url("/readyz"), Duration::from_secs(20)).await,
+        "no recovery"
+    );
+    let ready = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = finish_load(stop, load).await;
+    let report = Report::new(
+        "3. memory alarm",
+        &load,
+        &subject.stored(&subject.uri).await,
+        fault,
+    );
+    report.print();
+    assert_eq!(report.lost, 0);
+    assert_recovered(&load, ready);
+}
+
+async fn status_of_post(url: &str) -> u16 {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"[{"type":"message-sent"}]"#,
+        )))
+        .expect("request");
+    match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
+        Ok(Ok(response)) => response.status().as_u16(),
+        _ => 0,
+    }
+}
+
+async fn signal_mid_load(signal: &'static str, scenario: &'static str) -> Report {
+    let subject = Subject::new(&amqp_uri());
+    let forwarder = subject.start().await;
+    let (stop, load) = start_load(
+        forwarder.url("/callbacks/bandwidth/messaging"),
+        scenario,
+        false,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    forwarder.signal(signal);
+    let code = forwarder.wait_exit(Duration::from_secs(20)).await;
+    if signal == "TERM" {
+        assert_eq!(code, Some(0), "exit code after SIGTERM");
+    }
+    let load = finish_load(stop, load).await;
+    let report = Report::new(scenario, &load, &subject.stored(&subject.uri).await, fault);
+    report.print();
+    assert!(report.ok > 0, "load ran before the signal");
+    report
+}
+
+#[tokio::test]
+async fn s4_sigterm_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let report = signal_mid_load("TERM", "4. SIGTERM").await;
+    assert_eq!(report.lost, 0);
+}
+
+#[tokio::test]
+async fn s5_sigkill_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let report = signal_mid_load("KILL", "5. SIGKILL").await;
+    assert_eq!(report.lost, 0);
+}
+
+#[tokio::test]
+async fn s6_cluster_node_loss_fails_over() {
+    let _serial = SERIAL.lock().await;
+    let _cluster = Restore::new(&script("cluster"), &["stop"]);
+    run_script(&script("cluster"), &["start"]);
+    let uris = run_script(&script("cluster"), &["uris"]).trim().to_owned();
+    let survivor = uris.split(',').nth(2).expect("three URIs").to_owned();
+    let subject = Subject::new(&uris);
+    let forwarder = subject.start().await;
+    let members = run_script(
+        &script("cluster"),
+        &["ctl", "1", "list_queues", "name", "members"],
+    );
+    let line = members
+        .lines()
+        .find(|line| line.contains(&subject.queue))
+        .unwrap_or_else(|| panic!("queue not listed:\n{members}"));
+    for node in ["bf1@localhost", "bf2@localhost", "bf3@localhost"] {
+        assert!(
+            line.contains(node),
+            "quorum queue replicated on {node}: {line}"
+        );
+    }
+    let (stop, load) = start_load(forwarder.url("/callbacks/bandwidth/messaging"), "s6", false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    run_script(&script("cluster"), &["stop-node", "1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
+        "no failover"
+    );
+    let ready = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = finish_load(stop, load).await;
+    let logs = forwarder.logs();
+    assert!(
+        logs.contains(":5702/") || logs.contains(":5703/"),
+        "failed over to another node:\n{logs}"
+    );
+    assert_recovered(&load, ready);
+
+    // Two of three down: the queue has no quorum, confirms stop coming; the timeout answers.
+    run_script(&script("cluster"), &["stop-node", "2"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let status = status_of_post(&forwarder.url("/callbacks/bandwidth/messaging")).await;
+    assert_eq!(status, 503, "no quorum must never be 2xx");
+    assert!(started.elapsed() < Duration::from_millis(PUBLISH_TIMEOUT_MS + 1_000));
+    run_script(&script("cluster"), &["start-node", "2"]);
+    let report = Report::new(
+        "6. cluster node loss",
+        &load,
+        &subject.stored(&survivor).await,
+        fault,
+    );
+    report.print();
+    assert_eq!(report.lost, 0);
+}
+
+/// haproxy in front of two forwarders, health-checking `/readyz`.
+struct Haproxy {
+    child: Child,
+    url: String,
+    config: std::path::PathBuf,
+}
+
+impl Haproxy {
+    fn start(backends: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("  server f{i} {addr} check\n"))
+            .collect();
+        let config = std::env::temp_dir().join(format!("{}.cfg", unique("haproxy")));
+        std::fs::write(
+            &config,
+            format!(
+                "defaults\n  mode http\n  timeout connect 1s\n  timeout client 15s\n  timeout server 15s\n\
+                 \n  retries 3\n  option redispatch\n  retry-on conn-failure empty-response\n\
+                 frontend callbacks\n  bind 127.0.0.1:{port}\n  default_backend forwarders\n\
+                 backend forwarders\n  balance roundrobin\n  option httpchk GET /readyz\n\
+                 \n  http-check expect status 200\n  default-server inter 200ms fall 1 rise 2\n{servers}"
+            ),
+        )
+        .expect("haproxy config");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (apt-get install haproxy; .ci/run installs it)");
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            config,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+#[tokio::test]
+async fn s7_load_balanced_pair_survives_sigkill_of_one() {
+    let _serial = SERIAL.lock().await;
+    let subject = Subject::new(&amqp_uri());
+    let first = subject.start().await;
+    let second = subject.start().await;
+    let haproxy = Haproxy::start(&[&first.addr, &second.addr]);
+    assert!(
+        wait_ready(&format!("{}/readyz", haproxy.url), Duration::from_secs(10)).await,
+        "haproxy up"
+    );
+    let (stop, load) = start_load(
+        format!("{}/callbacks/bandwidth/messaging", haproxy.url),
+        "s7",
+        true,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    first.signal("KILL");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let load = finish_load(stop, load).await;
+    let report = Report::new(
+        "7. haproxy, SIGKILL one of two",
+        &load,
+        &subject.stored(&subject.uri).await,
+        fault,
+    );
+    report.print();
+    drop(second);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.unacked, 0, "every event is eventually acknowledged");
+}
