@@ -24,6 +24,26 @@ use crate::shutdown::Lifecycle;
 /// How long open connections get to finish after the drain, before they are dropped.
 const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Builds the runtime `runtime.worker_threads` asks for and serves until SIGTERM/SIGINT.
+pub fn serve(settings: Settings) -> anyhow::Result<()> {
+    let runtime = match settings.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
+    runtime.block_on(async {
+        Application::build(settings)
+            .await?
+            .run_until_stopped(crate::shutdown::signal())
+            .await
+    })
+}
+
 /// A bound, running service.
 pub struct Application {
     listener: TcpListener,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bandwidth_forwarder::{app::Application, settings::Settings, shutdown, telemetry};
+use bandwidth_forwarder::{app, settings::Settings, telemetry};
 use clap::{Parser, Subcommand};
 
 /// Receives Bandwidth messaging callbacks and publishes each event to RabbitMQ.
@@ -25,8 +25,7 @@ enum Command {
     CheckConfig,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
@@ -40,13 +39,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(&settings.log);
-    let outcome = async {
-        Application::build(settings)
-            .await?
-            .run_until_stopped(shutdown::signal())
-            .await
-    };
-    match outcome.await {
+    match app::serve(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

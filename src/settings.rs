@@ -33,6 +33,22 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub amqp: AmqpSettings,
     pub log: LogSettings,
+    pub runtime: RuntimeSettings,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// 1 runs every task on one thread (best beside a broker on a small machine);
+    /// more gives a multi-threaded runtime with that many workers.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self { worker_threads: 1 }
+    }
 }
 
 /// The HTTP listener and the callback route.
@@ -307,6 +323,9 @@ impl Settings {
                 }
             }
         }
+        if self.runtime.worker_threads == 0 {
+            return invalid("runtime.worker_threads", "must be greater than 0".into());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(
                 "log.level",
@@ -438,5 +457,6 @@ mod tests {
         rejects(|s| s.amqp.exchange = String::new(), "amqp.exchange");
         rejects(|s| s.amqp.channels = 0, "amqp.channels");
         rejects(|s| s.log.level = "info,[".into(), "log.level");
+        rejects(|s| s.runtime.worker_threads = 0, "runtime.worker_threads");
     }
 }
