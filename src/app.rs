@@ -11,9 +11,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::access::SourcePolicy;
 use crate::auth::BasicAuth;
 use crate::http::{AppState, handle};
 use crate::metrics::Metrics;
@@ -23,6 +26,24 @@ use crate::shutdown::Lifecycle;
 
 /// How long open connections get to finish after the drain, before they are dropped.
 const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Longest time spent telling a connection over `http.max_connections` to go away.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers a connection over the cap with a 503 and closes it, without reading the request.
+async fn refuse_connection(mut stream: TcpStream, retry_after_secs: u64) {
+    let body =
+        r#"{"error":"too_many_connections","detail":"the server is at its connection limit"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {retry_after_secs}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
 
 /// Builds the runtime `runtime.worker_threads` asks for and serves until SIGTERM/SIGINT.
 pub fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -50,6 +71,8 @@ pub struct Application {
     state: Arc<AppState>,
     header_read_timeout: Duration,
     drain_timeout: Duration,
+    max_header_bytes: usize,
+    connections: Arc<Semaphore>,
 }
 
 impl Application {
@@ -68,7 +91,13 @@ impl Application {
         let state = Arc::new(AppState {
             callback_path: settings.http.path.clone(),
             max_body_bytes: settings.http.max_body_bytes,
+            max_json_depth: settings.http.max_json_depth,
+            body_read_timeout: Duration::from_millis(settings.http.body_read_timeout_ms),
             retry_after_secs: settings.http.retry_after_secs,
+            sources: SourcePolicy::new(
+                &settings.auth.allowed_sources,
+                &settings.auth.trusted_proxies,
+            ),
             auth: BasicAuth::new(&settings.auth),
             publisher,
             metrics,
@@ -79,6 +108,8 @@ impl Application {
             state,
             header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
             drain_timeout: Duration::from_millis(settings.http.drain_timeout_ms),
+            max_header_bytes: settings.http.max_header_bytes,
+            connections: Arc::new(Semaphore::new(settings.http.max_connections)),
         })
     }
 
@@ -95,23 +126,31 @@ impl Application {
             state,
             header_read_timeout,
             drain_timeout,
+            max_header_bytes,
+            connections,
         } = self;
         info!(listen = %listener.local_addr()?, path = %state.callback_path, "listening");
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
+            .header_read_timeout(header_read_timeout)
+            .max_header_size(max_header_bytes);
         let graceful = GracefulShutdown::new();
-        let serve = |stream: tokio::net::TcpStream| {
+        let serve = |stream: TcpStream, peer: SocketAddr| {
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tokio::spawn(refuse_connection(stream, state.retry_after_secs));
+                return;
+            };
             let state = state.clone();
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, request).await) }
+                async move { Ok::<_, Infallible>(handle(state, peer.ip(), request).await) }
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     debug!(%error, "connection ended with an error");
                 }
+                drop(permit);
             });
         };
 
@@ -119,7 +158,7 @@ impl Application {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => serve(stream),
+                    Ok((stream, peer)) => serve(stream, peer),
                     Err(error) => warn!(%error, "accept failed"),
                 },
                 _ = &mut shutdown => break,
@@ -132,7 +171,7 @@ impl Application {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => serve(stream),
+                    Ok((stream, peer)) => serve(stream, peer),
                     Err(error) => warn!(%error, "accept failed"),
                 },
                 outcome = &mut drained => {

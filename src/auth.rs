@@ -2,41 +2,49 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::settings::AuthSettings;
 
 /// The challenge Bandwidth needs before it sends credentials.
 pub const CHALLENGE: &str = "Basic realm=\"bandwidth-forwarder\"";
 
-/// The expected `user:password` bytes, or nothing when auth is off.
+/// Every accepted `user:password`, as bytes; empty when auth is off.
 #[derive(Clone)]
 pub struct BasicAuth {
-    expected: Option<Vec<u8>>,
+    accepted: Vec<Vec<u8>>,
 }
 
 impl BasicAuth {
     pub fn new(settings: &AuthSettings) -> Self {
-        let expected = settings
-            .enabled()
-            .then(|| format!("{}:{}", settings.username, settings.password.expose()).into_bytes());
-        Self { expected }
+        let accepted = settings
+            .all_credentials()
+            .iter()
+            .map(|c| format!("{}:{}", c.username, c.password.expose()).into_bytes())
+            .collect();
+        Self { accepted }
     }
 
     /// Whether callbacks need credentials at all.
     pub fn enabled(&self) -> bool {
-        self.expected.is_some()
+        !self.accepted.is_empty()
     }
 
-    /// True when auth is off or `authorization` carries the configured credentials.
+    /// True when auth is off or `authorization` carries one of the accepted credentials.
+    /// Every credential is compared, in constant time, whatever matches.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(expected) = &self.expected else {
+        if self.accepted.is_empty() {
             return true;
-        };
+        }
         let Some(presented) = authorization.and_then(decode_basic) else {
             return false;
         };
-        presented.ct_eq(expected).into()
+        self.accepted
+            .iter()
+            .fold(Choice::from(0), |matched, accepted| {
+                matched | presented.ct_eq(accepted)
+            })
+            .into()
     }
 }
 
@@ -53,12 +61,13 @@ fn decode_basic(header: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::Secret;
+    use crate::settings::{Credential, Secret};
 
     fn auth(user: &str, password: &str) -> BasicAuth {
         BasicAuth::new(&AuthSettings {
             username: user.into(),
             password: Secret::new(password),
+            ..AuthSettings::default()
         })
     }
 
@@ -87,5 +96,22 @@ mod tests {
         assert!(!a.allows(Some(b"Basic !!!not-base64")));
         assert!(!a.allows(Some(b"Basic")));
         assert!(!a.allows(Some(b"\xff\xfe")));
+    }
+
+    #[test]
+    fn accepts_every_configured_credential_during_a_rotation() {
+        let a = BasicAuth::new(&AuthSettings {
+            username: "old".into(),
+            password: Secret::new("one"),
+            credentials: vec![Credential {
+                username: "new".into(),
+                password: Secret::new("two"),
+            }],
+            ..AuthSettings::default()
+        });
+        assert!(a.allows(Some(header("old:one").as_bytes())));
+        assert!(a.allows(Some(header("new:two").as_bytes())));
+        assert!(!a.allows(Some(header("old:two").as_bytes())));
+        assert!(!a.allows(Some(header("new:one").as_bytes())));
     }
 }

@@ -40,6 +40,8 @@ pub enum InvalidCallback {
     MissingType { index: usize },
     #[error("event {index} is malformed: {reason}")]
     Malformed { index: usize, reason: String },
+    #[error("the JSON nests deeper than {0} levels")]
+    TooDeep(usize),
 }
 
 impl InvalidCallback {
@@ -52,6 +54,7 @@ impl InvalidCallback {
             Self::NotAnObject { .. } => "event_not_object",
             Self::MissingType { .. } => "missing_type",
             Self::Malformed { .. } => "malformed_event",
+            Self::TooDeep(_) => "too_deep",
         }
     }
 }
@@ -77,7 +80,10 @@ struct MessageFields<'a> {
 }
 
 /// Splits and validates a whole callback body; on any error nothing is returned.
-pub fn parse_callback(body: &Bytes) -> Result<Vec<Event>, InvalidCallback> {
+pub fn parse_callback(body: &Bytes, max_depth: usize) -> Result<Vec<Event>, InvalidCallback> {
+    if nesting_exceeds(body, max_depth) {
+        return Err(InvalidCallback::TooDeep(max_depth));
+    }
     let raws: Vec<&RawValue> = match first_byte(body) {
         Some(b'[') => {
             serde_json::from_slice(body).map_err(|e| InvalidCallback::NotJson(e.to_string()))?
@@ -101,6 +107,35 @@ pub fn parse_callback(body: &Bytes) -> Result<Vec<Event>, InvalidCallback> {
         .enumerate()
         .map(|(index, raw)| parse_event(body, index, raw))
         .collect()
+}
+
+/// True when arrays and objects nest deeper than `max` (strings are skipped). Exact for valid
+/// JSON; on invalid JSON the parser rejects the body anyway.
+fn nesting_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn first_byte(body: &[u8]) -> Option<u8> {
@@ -183,7 +218,30 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<Vec<Event>, InvalidCallback> {
-        parse_callback(&Bytes::copy_from_slice(body.as_bytes()))
+        parse_callback(&Bytes::copy_from_slice(body.as_bytes()), 32)
+    }
+
+    #[test]
+    fn bounds_nesting_depth_outside_strings() {
+        let nested = |depth: usize| {
+            format!(
+                "[{{\"type\":\"t\",\"x\":{}{}}}]",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(
+            parse(&nested(30)).is_ok(),
+            "array + object + 30 = 32 levels"
+        );
+        assert_eq!(parse(&nested(31)), Err(InvalidCallback::TooDeep(32)));
+        assert_eq!(parse(&nested(100_000)), Err(InvalidCallback::TooDeep(32)));
+        let brackets_in_strings = format!(
+            "[{{\"type\":\"t\",\"x\":\"{}\\\"{}\"}}]",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(parse(&brackets_in_strings).is_ok());
     }
 
     #[test]

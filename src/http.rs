@@ -1,7 +1,8 @@
 //! HTTP routing, the callback handler and its responses.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -11,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::access::SourcePolicy;
 use crate::auth::{BasicAuth, CHALLENGE};
 use crate::event::{InvalidCallback, parse_callback};
 use crate::metrics::Metrics;
@@ -21,7 +23,10 @@ use crate::shutdown::Lifecycle;
 pub struct AppState {
     pub callback_path: String,
     pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub body_read_timeout: Duration,
     pub retry_after_secs: u64,
+    pub sources: SourcePolicy,
     pub auth: BasicAuth,
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
@@ -38,6 +43,8 @@ impl AppState {
 /// Why a callback was not accepted; each variant is exactly one status.
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
+    #[error("this source address may not post callbacks")]
+    Forbidden,
     #[error("missing or wrong Basic credentials")]
     Unauthorized,
     #[error("Content-Type must be application/json")]
@@ -46,6 +53,8 @@ pub enum CallbackError {
     TooLarge(usize),
     #[error("the body could not be read: {0}")]
     BodyRead(String),
+    #[error("the body did not arrive within the read timeout")]
+    BodyTimeout,
     #[error(transparent)]
     Invalid(#[from] InvalidCallback),
     #[error(transparent)]
@@ -55,7 +64,9 @@ pub enum CallbackError {
 impl CallbackError {
     fn status(&self) -> StatusCode {
         match self {
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -65,7 +76,9 @@ impl CallbackError {
 
     fn code(&self) -> &'static str {
         match self {
+            Self::Forbidden => "forbidden",
             Self::Unauthorized => "unauthorized",
+            Self::BodyTimeout => "body_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooLarge(_) => "body_too_large",
             Self::BodyRead(_) => "body_read_error",
@@ -76,11 +89,15 @@ impl CallbackError {
 }
 
 /// Routes one request.
-pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let response = if path == state.callback_path {
         if request.method() == Method::POST {
-            return callback(state, request).await;
+            return callback(state, peer, request).await;
         }
         method_not_allowed("POST")
     } else {
@@ -106,7 +123,11 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
 }
 
 /// The callback: authenticate, read, validate the whole batch, publish, answer.
-async fn callback(state: Arc<AppState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn callback(
+    state: Arc<AppState>,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -119,7 +140,7 @@ async fn callback(state: Arc<AppState>, request: Request<Incoming>) -> Response<
         let started = Instant::now();
         state.metrics.inflight_requests.inc();
         let outcome = match state.lifecycle.enter() {
-            Some(_admitted) => accept(&state, request).await,
+            Some(_admitted) => accept(&state, peer, request).await,
             None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
         };
         state.metrics.inflight_requests.dec();
@@ -152,8 +173,20 @@ async fn callback(state: Arc<AppState>, request: Request<Incoming>) -> Response<
 }
 
 /// Everything between admission and the publisher's answer; `Ok` is the event count.
-async fn accept(state: &AppState, request: Request<Incoming>) -> Result<usize, CallbackError> {
+async fn accept(
+    state: &AppState,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Result<usize, CallbackError> {
     let headers = request.headers();
+    let forwarded_for: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("invalid"))
+        .collect();
+    if !state.sources.allows(peer, &forwarded_for) {
+        return Err(CallbackError::Forbidden);
+    }
     if !state.auth.allows(
         headers
             .get(header::AUTHORIZATION)
@@ -172,18 +205,21 @@ async fn accept(state: &AppState, request: Request<Incoming>) -> Result<usize, C
         return Err(CallbackError::TooLarge(state.max_body_bytes));
     }
     let received = ReceivedAt::now();
-    let body = Limited::new(request.into_body(), state.max_body_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                CallbackError::TooLarge(state.max_body_bytes)
-            } else {
-                CallbackError::BodyRead(e.to_string())
-            }
-        })?
-        .to_bytes();
-    let events = parse_callback(&body)?;
+    let body = tokio::time::timeout(
+        state.body_read_timeout,
+        Limited::new(request.into_body(), state.max_body_bytes).collect(),
+    )
+    .await
+    .map_err(|_| CallbackError::BodyTimeout)?
+    .map_err(|e| {
+        if e.is::<LengthLimitError>() {
+            CallbackError::TooLarge(state.max_body_bytes)
+        } else {
+            CallbackError::BodyRead(e.to_string())
+        }
+    })?
+    .to_bytes();
+    let events = parse_callback(&body, state.max_json_depth)?;
     let count = events.len();
     state.publisher.publish(events, received).await?;
     Ok(count)

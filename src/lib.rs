@@ -1,5 +1,6 @@
 //! bandwidth-forwarder: Bandwidth messaging callbacks in, confirmed RabbitMQ messages out.
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod event;

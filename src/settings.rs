@@ -67,6 +67,14 @@ pub struct HttpSettings {
     pub header_read_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests before closing anyway.
     pub drain_timeout_ms: u64,
+    /// A client must send the whole body within this many milliseconds (else 408).
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Request line plus headers at most, in bytes (else 431).
+    pub max_header_bytes: usize,
+    /// Deepest JSON nesting accepted in a body (the array counts as 1).
+    pub max_json_depth: usize,
 }
 
 impl Default for HttpSettings {
@@ -78,6 +86,10 @@ impl Default for HttpSettings {
             retry_after_secs: 5,
             header_read_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 1024,
+            max_header_bytes: 16_384,
+            max_json_depth: 32,
         }
     }
 }
@@ -88,12 +100,39 @@ impl Default for HttpSettings {
 pub struct AuthSettings {
     pub username: String,
     pub password: Secret,
+    /// More accepted credentials, e.g. old and new during a rotation.
+    pub credentials: Vec<Credential>,
+    /// Client networks (CIDR) allowed to post callbacks; empty allows every source.
+    pub allowed_sources: Vec<String>,
+    /// Proxies (CIDR) whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// One accepted username and password.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub username: String,
+    #[serde(default)]
+    pub password: Secret,
 }
 
 impl AuthSettings {
-    /// Auth is on when a username is configured.
+    /// Auth is on when any username is configured.
     pub fn enabled(&self) -> bool {
-        !self.username.is_empty()
+        !self.username.is_empty() || !self.credentials.is_empty()
+    }
+
+    /// Every accepted credential.
+    pub fn all_credentials(&self) -> Vec<Credential> {
+        let primary = (!self.username.is_empty()).then(|| Credential {
+            username: self.username.clone(),
+            password: self.password.clone(),
+        });
+        primary
+            .into_iter()
+            .chain(self.credentials.iter().cloned())
+            .collect()
     }
 }
 
@@ -275,6 +314,37 @@ impl Settings {
                 "auth.username",
                 "must not contain `:` (Basic auth splits on it)".into(),
             );
+        }
+        for credential in &self.auth.credentials {
+            if credential.username.is_empty() || credential.username.contains(':') {
+                return invalid(
+                    "auth.credentials",
+                    "every username must be non-empty and free of `:`".into(),
+                );
+            }
+        }
+        for (key, list) in [
+            ("auth.allowed_sources", &self.auth.allowed_sources),
+            ("auth.trusted_proxies", &self.auth.trusted_proxies),
+        ] {
+            if let Err(e) = crate::access::parse_networks(list) {
+                return invalid(key, e);
+            }
+        }
+        for (key, value) in [
+            (
+                "http.body_read_timeout_ms",
+                self.http.body_read_timeout_ms as usize,
+            ),
+            ("http.max_connections", self.http.max_connections),
+            ("http.max_json_depth", self.http.max_json_depth),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0".into());
+            }
+        }
+        if self.http.max_header_bytes < 1024 {
+            return invalid("http.max_header_bytes", "must be at least 1024".into());
         }
         let uris = self.amqp.uris();
         if uris.is_empty() {
@@ -458,5 +528,19 @@ mod tests {
         rejects(|s| s.amqp.channels = 0, "amqp.channels");
         rejects(|s| s.log.level = "info,[".into(), "log.level");
         rejects(|s| s.runtime.worker_threads = 0, "runtime.worker_threads");
+        rejects(
+            |s| s.auth.allowed_sources = vec!["10.0.0.0/33".into()],
+            "auth.allowed_sources",
+        );
+        rejects(
+            |s| s.auth.trusted_proxies = vec!["proxy".into()],
+            "auth.trusted_proxies",
+        );
+        rejects(|s| s.http.max_connections = 0, "http.max_connections");
+        rejects(|s| s.http.max_json_depth = 0, "http.max_json_depth");
+        rejects(
+            |s| s.auth.credentials = vec![Credential::default()],
+            "auth.credentials",
+        );
     }
 }
