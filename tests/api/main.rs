@@ -8,4 +8,5 @@ mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;
+mod hostile;
 mod shutdown;

@@ -1,0 +1,293 @@
+//! Hostile and broken input on a public URL: bounded resources, timeouts, source allowlist,
+//! and a junk flood that must not starve valid callbacks. Nothing here may publish.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, spawn_app, test_settings};
+
+/// Writes `request` on a fresh connection and returns everything read until close or `wait`.
+async fn raw_exchange(app: &TestApp, request: &[u8], wait: Duration) -> (String, Duration) {
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let started = Instant::now();
+    let _ = stream.write_all(request).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut response)).await;
+    (
+        String::from_utf8_lossy(&response).into_owned(),
+        started.elapsed(),
+    )
+}
+
+fn post_head(app: &TestApp, extra: &str) -> String {
+    format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}\r\n",
+        app.settings.http.path
+    )
+}
+
+#[tokio::test]
+async fn byte_level_junk_gets_400_and_publishes_nothing() {
+    let app = spawn_app(test_settings()).await;
+    let cases: Vec<(&[u8], &str)> = vec![
+        (b"[{\"type\":\"a\"}]\x00", "invalid_json"),
+        (
+            b"[{\"type\":\"a\",\"text\":\"nul\x00inside\"}]",
+            "invalid_json",
+        ),
+        (b"[{\"type\":\"a\"}] trailing", "invalid_json"),
+        (b"[{\"type\":\"a\"}][{\"type\":\"b\"}]", "invalid_json"),
+        (
+            b"[{\"type\":\"a\",\"x\":\"bad \\q escape\"}]",
+            "invalid_json",
+        ),
+        (b"[{\"type\":\"a\",}]", "invalid_json"),
+        (b"[{'type':'a'}]", "invalid_json"),
+        (b"[{\"type\":\"a\",\"n\":NaN}]", "invalid_json"),
+        (b"\xef\xbb\xbf{\"type\":\"a\"}", "invalid_json"),
+    ];
+    for (body, word) in cases {
+        let answer = app.post_callback(Bytes::from_static(body)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(
+            answer.error_word(),
+            word,
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert!(app.drain().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nesting_deeper_than_the_limit_gets_400() {
+    let app = spawn_app(test_settings()).await;
+    let depth = app.settings.http.max_json_depth;
+    let nested = |levels: usize| {
+        format!(
+            r#"[{{"type":"message-sent","x":{}{}}}]"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    let answer = app.post_callback(nested(depth - 1)).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.error_word(), "too_deep");
+    let answer = app.post_callback(nested(50_000)).await;
+    assert_eq!(answer.error_word(), "too_deep");
+    assert!(app.drain().await.is_empty());
+    // Exactly at the limit is accepted.
+    assert_eq!(
+        app.post_callback(nested(depth - 2)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_huge_string_over_the_body_limit_gets_413() {
+    let app = spawn_app(test_settings()).await;
+    let huge = format!(
+        r#"[{{"type":"message-received","text":"{}"}}]"#,
+        "A".repeat(app.settings.http.max_body_bytes)
+    );
+    let answer = app.post_callback(huge).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.error_word(), "body_too_large");
+    assert!(app.drain().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_408_and_slow_headers_are_cut_off() {
+    let mut settings = test_settings();
+    settings.http.body_read_timeout_ms = 500;
+    settings.http.header_read_timeout_ms = 500;
+    let app = spawn_app(settings).await;
+
+    let mut request = post_head(&app, "content-length: 100\r\n").into_bytes();
+    request.extend_from_slice(br#"[{"type":"message-sent""#);
+    let (response, took) = raw_exchange(&app, &request, Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains(r#""error":"body_timeout""#), "{response}");
+    assert!(took < Duration::from_secs(3), "cut off after {took:?}");
+
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-type: appl",
+        app.settings.http.path
+    );
+    let (response, took) = raw_exchange(&app, head.as_bytes(), Duration::from_secs(5)).await;
+    assert!(!response.contains(" 200 "), "{response}");
+    assert!(
+        took < Duration::from_secs(3),
+        "slow headers cut off after {took:?}"
+    );
+
+    // An idle keep-alive connection is closed after the same timeout.
+    let (response, took) = raw_exchange(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        took < Duration::from_secs(3),
+        "idle connection closed after {took:?}"
+    );
+
+    assert!(app.drain().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let app = spawn_app(test_settings()).await;
+    let filler = format!(
+        "x-filler: {}\r\n",
+        "h".repeat(app.settings.http.max_header_bytes)
+    );
+    let mut request = post_head(&app, &format!("{filler}content-length: 24\r\n")).into_bytes();
+    request.extend_from_slice(br#"[{"type":"message-sent"}]"#);
+    let (response, _) = raw_exchange(&app, &request, Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    assert!(app.drain().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_until_one_closes() {
+    let mut settings = test_settings();
+    settings.http.max_connections = 3;
+    let app = spawn_app(settings).await;
+    // The test client's pooled connection may hold one permit; fill the rest with idle sockets.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(app.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (response, _) = raw_exchange(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("retry-after: "), "{response}");
+    assert!(
+        response.contains(r#""error":"too_many_connections""#),
+        "{response}"
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (response, _) = raw_exchange(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sources_off_the_allowlist_get_403_and_forwarded_for_is_believed_only_from_proxies() {
+    let mut settings = test_settings();
+    settings.auth.allowed_sources = vec!["192.0.2.0/24".into()];
+    let app = spawn_app(settings.clone()).await;
+    let body = r#"[{"type":"message-sent"}]"#;
+    let answer = app.post_callback(body).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(answer.error_word(), "forbidden");
+    let spoofed = app
+        .post_callback_with(body, &[("x-forwarded-for", "192.0.2.5")])
+        .await;
+    assert_eq!(
+        spoofed.status,
+        StatusCode::FORBIDDEN,
+        "XFF from an untrusted peer is ignored"
+    );
+    assert!(app.drain().await.is_empty());
+    app.stop().await;
+
+    settings.auth.trusted_proxies = vec!["127.0.0.0/8".into()];
+    settings.amqp.queues[0].name = crate::helpers::unique("q");
+    settings.amqp.exchange = crate::helpers::unique("ex");
+    let app = spawn_app(settings).await;
+    let via_proxy = app
+        .post_callback_with(body, &[("x-forwarded-for", "192.0.2.5")])
+        .await;
+    assert_eq!(via_proxy.status, StatusCode::OK, "{:?}", via_proxy.body);
+    let forged_left = app
+        .post_callback_with(body, &[("x-forwarded-for", "192.0.2.5, 203.0.113.7")])
+        .await;
+    assert_eq!(forged_left.status, StatusCode::FORBIDDEN);
+    let garbage = app
+        .post_callback_with(body, &[("x-forwarded-for", "not-an-ip")])
+        .await;
+    assert_eq!(garbage.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.drain().await.len(),
+        1,
+        "only the allowed request published"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_junk_flood_from_one_client_leaves_valid_callbacks_answered() {
+    let app = spawn_app(test_settings()).await;
+    let junk_bodies: [&[u8]; 4] = [b"{{{{", b"[]", b"[1,2,3]", b"\xff\xfe\xfd"];
+    let flood = async {
+        let mut answered = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            let wave = (0..16).map(|i| app.post_callback(Bytes::from_static(junk_bodies[i % 4])));
+            for answer in join_all(wave).await {
+                assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+                answered += 1;
+            }
+        }
+        answered
+    };
+    let valid = async {
+        let mut latencies = Vec::new();
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            let started = Instant::now();
+            let answer = app
+                .post_callback(format!(
+                    r#"[{{"type":"message-delivered","message":{{"id":"valid-{i}"}}}}]"#
+                ))
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+            latencies.push(started.elapsed());
+        }
+        latencies
+    };
+    let (junk, latencies) = tokio::join!(flood, valid);
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
+    assert!(junk > 1_000, "the flood was a flood: {junk} requests");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "valid callbacks stayed fast: {slowest:?}"
+    );
+    assert_eq!(
+        app.drain().await.len(),
+        40,
+        "exactly the valid events were published"
+    );
+    app.stop().await;
+}
