@@ -60,6 +60,19 @@ pub(super) async fn supervise(
                         break false;
                     }
                 }
+                _ = shared.redeclare.notified() => {
+                    // A channel was closed under us (e.g. the exchange was deleted): declare
+                    // the topology again, or start over on a fresh connection.
+                    let declared = tokio::time::timeout(
+                        settings.publish_timeout(),
+                        topology::declare(&connection, &settings),
+                    )
+                    .await;
+                    if !matches!(declared, Ok(Ok(()))) {
+                        warn!(?declared, "re-declaring the topology failed, reconnecting");
+                        break false;
+                    }
+                }
                 event = events.next() => match event {
                     Some(lapin::Event::ConnectionBlocked(reason)) => {
                         warn!(%reason, "broker blocked publishing");

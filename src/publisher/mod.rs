@@ -99,6 +99,8 @@ struct Shared {
     connected: AtomicBool,
     blocked: AtomicBool,
     open_channels: AtomicUsize,
+    /// Raised by a worker whose channel the broker closed: the topology may be gone.
+    redeclare: tokio::sync::Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -141,6 +143,7 @@ impl Publisher {
             connected: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
             open_channels: AtomicUsize::new(0),
+            redeclare: tokio::sync::Notify::new(),
             metrics,
         });
         let (connection_tx, connection_rx) = watch::channel(None);

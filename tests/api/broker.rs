@@ -186,3 +186,33 @@ async fn it_fails_over_to_the_next_uri_that_answers() {
     assert_eq!(app.drain().await.len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_exchange_is_declared_again_after_one_503() {
+    let app = spawn_app(test_settings()).await;
+    app.channel
+        .exchange_delete(
+            app.settings.amqp.exchange.as_str().into(),
+            Default::default(),
+        )
+        .await
+        .expect("delete the exchange under the forwarder");
+    let answer = app.post_callback(r#"[{"type":"message-sent"}]"#).await;
+    assert_503_with_retry_after(&answer, "channel_closed");
+    let mut recovered = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if app
+            .post_callback(r#"[{"type":"message-sent"}]"#)
+            .await
+            .status
+            == StatusCode::OK
+        {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "exchange and binding declared again");
+    assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}

@@ -9,4 +9,5 @@ mod cli;
 mod common;
 mod helpers;
 mod hostile;
+mod properties;
 mod shutdown;
