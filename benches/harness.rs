@@ -10,18 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A delivery receipt as Bandwidth sends it; `{ID}` is replaced per event.
 const EVENT: &str = r#"{"time":"2026-03-10T14:07:45.120Z","type":"message-delivered","to":"+15554440101","description":"ok","message":{"id":"{ID}","owner":"+15553330101","applicationId":"5b1e2c4a-7d3f-4e8a-9c61-0f2d8b7a3e15","time":"2026-03-10T14:07:41.002Z","segmentCount":2,"direction":"out","to":["+15554440101"],"from":"+15553330101","text":"","tag":"campaign-42","priority":"default"}}"#;
@@ -58,9 +54,18 @@ struct Cell {
     latencies_us: Vec<u64>,
     peak_rss_kb: Option<u64>,
     cpu_seconds: Option<f64>,
+    broker_cpu_seconds: Option<f64>,
 }
 
 impl Cell {
+    /// CPU microseconds per event confirmed, from CPU seconds in the window.
+    fn per_event_us(&self, cpu_seconds: Option<f64>) -> String {
+        cpu_seconds
+            .filter(|_| self.events > 0)
+            .map(|s| format!("{:.0}", s * 1e6 / self.events as f64))
+            .unwrap_or_else(|| "-".into())
+    }
+
     fn events_per_sec(&self) -> f64 {
         self.events as f64 / self.seconds
     }
@@ -95,6 +100,8 @@ async fn main() {
         "x-queue-type".into(),
         AMQPValue::LongString(LongString::from("quorum")),
     );
+    // A run that is killed leaves no queue behind for long.
+    queue_args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
     queue_args.insert(
         "x-max-length".into(),
         AMQPValue::LongLongInt(QUEUE_MAX_LENGTH),
@@ -136,7 +143,7 @@ async fn main() {
     let mut cells = Vec::new();
     for &concurrency in &args.concurrency {
         eprintln!("concurrency {concurrency}: raw lapin");
-        cells.push(raw(&connection, &queue, concurrency, args.seconds).await);
+        cells.push(raw(&connection, &exchange, concurrency, args.seconds).await);
         for batch in [1, 10, 100] {
             eprintln!("concurrency {concurrency}: forwarder, {batch}-event callbacks");
             cells.push(forwarder(&args, &exchange, concurrency, batch).await);
@@ -151,8 +158,9 @@ async fn main() {
     print_table(&cells, &args);
 }
 
-/// (a): C publishers sharing one confirm channel, each awaiting its confirm.
-async fn raw(connection: &Connection, queue: &str, concurrency: usize, seconds: u64) -> Cell {
+/// (a): C publishers sharing one confirm channel, each awaiting its confirm, through the same
+/// topic exchange and binding the forwarder uses.
+async fn raw(connection: &Connection, exchange: &str, concurrency: usize, seconds: u64) -> Cell {
     let channel = Arc::new(connection.create_channel().await.expect("channel"));
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -164,7 +172,7 @@ async fn raw(connection: &Connection, queue: &str, concurrency: usize, seconds: 
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let channel = channel.clone();
-            let queue = ShortString::from(queue);
+            let exchange = ShortString::from(exchange);
             let (measuring, stop, counter) = (measuring.clone(), stop.clone(), counter.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -174,8 +182,8 @@ async fn raw(connection: &Connection, queue: &str, concurrency: usize, seconds: 
                     let started = Instant::now();
                     let confirm = channel
                         .basic_publish(
-                            "".into(),
-                            queue.clone(),
+                            exchange.clone(),
+                            "message.delivered".into(),
                             BasicPublishOptions {
                                 mandatory: true,
                                 ..BasicPublishOptions::default()
@@ -198,7 +206,8 @@ async fn raw(connection: &Connection, queue: &str, concurrency: usize, seconds: 
             })
         })
         .collect();
-    let seconds = measure_window(&measuring, &stop, seconds).await;
+    let (seconds, cpu_seconds, broker_cpu_seconds) =
+        measure_window(&measuring, &stop, seconds, "self").await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("publisher"));
@@ -213,7 +222,8 @@ async fn raw(connection: &Connection, queue: &str, concurrency: usize, seconds: 
         seconds,
         latencies_us: latencies,
         peak_rss_kb: None,
-        cpu_seconds: None,
+        cpu_seconds,
+        broker_cpu_seconds,
     }
 }
 
@@ -240,15 +250,31 @@ fn properties(id: &str) -> BasicProperties {
 }
 
 /// Warm up for a second, then measure for `seconds`; returns the measured duration.
-async fn measure_window(measuring: &AtomicBool, stop: &AtomicBool, seconds: u64) -> f64 {
+/// Also returns the CPU seconds the client process (`client`: the raw publisher or the
+/// forwarder) and the broker spent in the measured window.
+async fn measure_window(
+    measuring: &AtomicBool,
+    stop: &AtomicBool,
+    seconds: u64,
+    client: &str,
+) -> (f64, Option<f64>, Option<f64>) {
+    let broker = broker_pid();
+    let cpu = |pid: Option<&str>| pid.and_then(cpu_seconds);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let (client_before, broker_before) = (cpu(Some(client)), cpu(broker.as_deref()));
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let measured = started.elapsed().as_secs_f64();
+    let (client_after, broker_after) = (cpu(Some(client)), cpu(broker.as_deref()));
     stop.store(true, Ordering::Relaxed);
-    measured
+    let delta = |after: Option<f64>, before: Option<f64>| after.zip(before).map(|(a, b)| a - b);
+    (
+        measured,
+        delta(client_after, client_before),
+        delta(broker_after, broker_before),
+    )
 }
 
 /// The release binary, started fresh per cell so its peak RSS belongs to that cell.
@@ -294,15 +320,28 @@ impl Subject {
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
     }
+}
 
-    /// User + system CPU seconds so far.
-    fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / 100.0)
-    }
+/// User + system CPU seconds of a process (`self` for this one).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The local broker's Erlang VM, to report its CPU beside ours.
+fn broker_pid() -> Option<String> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let cmdline = cmdline.replace('\0', " ");
+            (cmdline.contains("beam.smp") && cmdline.contains("-s rabbit boot")).then_some(pid)
+        })
 }
 
 impl Drop for Subject {
@@ -317,30 +356,24 @@ impl Drop for Subject {
 async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize) -> Cell {
     let seconds = args.seconds;
     let subject = Subject::start(&args.uri, exchange, &args.log_level);
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(concurrency)
-        .build_http();
-    let url = format!("http://{}/callbacks/bandwidth/messaging", subject.addr);
-    let ready = format!("http://{}/readyz", subject.addr);
+    let path = "/callbacks/bandwidth/messaging";
     for _ in 0..500 {
-        let request = Request::get(&ready).body(Full::default()).expect("request");
-        if client
-            .request(request)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
+        let ready = match Poster::connect(&subject.addr).await {
+            Ok(mut poster) => poster.request("GET", "/readyz", b"").await.unwrap_or(0),
+            Err(_) => 0,
+        };
+        if ready == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cpu_before = subject.cpu_seconds();
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
+            let addr = subject.addr.clone();
             let (measuring, stop, counter, failures) = (
                 measuring.clone(),
                 stop.clone(),
@@ -349,25 +382,24 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
             );
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut poster = None;
                 while !stop.load(Ordering::Relaxed) {
                     let body = callback_body(&counter, batch);
-                    let request = Request::post(&url)
-                        .header("content-type", "application/json; charset=utf-8")
-                        .body(Full::new(Bytes::from(body)))
-                        .expect("request");
                     let started = Instant::now();
-                    let ok = match client.request(request).await {
-                        Ok(response) => {
-                            let ok = response.status().is_success();
-                            let _ = response.into_body().collect().await;
-                            ok
-                        }
-                        Err(_) => false,
+                    if poster.is_none() {
+                        poster = Poster::connect(&addr).await.ok();
+                    }
+                    let status = match poster.as_mut() {
+                        Some(p) => p.request("POST", path, body.as_bytes()).await.unwrap_or(0),
+                        None => 0,
                     };
+                    if status == 0 {
+                        poster = None;
+                    }
                     if !measuring.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if ok {
+                    if (200..300).contains(&status) {
                         latencies.push(started.elapsed().as_micros() as u64);
                     } else {
                         failures.fetch_add(1, Ordering::Relaxed);
@@ -377,7 +409,8 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
             })
         })
         .collect();
-    let seconds = measure_window(&measuring, &stop, seconds).await;
+    let (seconds, cpu_seconds, broker_cpu_seconds) =
+        measure_window(&measuring, &stop, seconds, &subject.child.id().to_string()).await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("poster"));
@@ -387,10 +420,6 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
     if failed > 0 {
         eprintln!("  {failed} non-2xx answers (not counted)");
     }
-    let cpu_seconds = subject
-        .cpu_seconds()
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
     Cell {
         mode: format!(
             "({}) forwarder, {batch}-event callbacks",
@@ -403,7 +432,76 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
         latencies_us: latencies,
         peak_rss_kb: subject.peak_rss_kb(),
         cpu_seconds,
+        broker_cpu_seconds,
     }
+}
+
+/// A lean HTTP/1.1 keep-alive client (like wrk): one connection, one request at a time, so
+/// the load generator takes as little of the shared CPU as it can.
+struct Poster {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Poster {
+    async fn connect(addr: &str) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buffer: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request and reads the whole response; returns its status.
+    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json; charset=utf-8\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream.write_all(&request).await?;
+        self.buffer.clear();
+        loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                let head =
+                    std::str::from_utf8(&self.buffer[..end]).map_err(std::io::Error::other)?;
+                let status = head
+                    .get(9..12)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| std::io::Error::other("bad status line"))?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while self.buffer.len() < end + 4 + length {
+                    self.read_more().await?;
+                }
+                return Ok(status);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn callback_body(counter: &AtomicU64, batch: usize) -> String {
@@ -427,14 +525,14 @@ fn print_table(cells: &[Cell], args: &Args) {
             .unwrap_or(0)
     );
     println!(
-        "| C | mode | req/s | events/s | p50 ms | p99 ms | p99.9 ms | peak RSS MB | CPU s | events/s ÷ (a) | p99 ÷ (a) |"
+        "| C | mode | req/s | events/s | p50 ms | p99 ms | p99.9 ms | peak RSS MB | client CPU µs/event | broker CPU µs/event | events/s ÷ (a) | p99 ÷ (a) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for group in cells.chunk_by(|a, b| a.concurrency == b.concurrency) {
         let raw = &group[0];
         for cell in group {
             println!(
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {:.2} |",
                 cell.concurrency,
                 cell.mode,
                 cell.requests as f64 / cell.seconds,
@@ -445,9 +543,8 @@ fn print_table(cells: &[Cell], args: &Args) {
                 cell.peak_rss_kb
                     .map(|kb| format!("{:.1}", kb as f64 / 1024.0))
                     .unwrap_or_else(|| "-".into()),
-                cell.cpu_seconds
-                    .map(|s| format!("{s:.1}"))
-                    .unwrap_or_else(|| "-".into()),
+                cell.per_event_us(cell.cpu_seconds),
+                cell.per_event_us(cell.broker_cpu_seconds),
                 cell.events_per_sec() / raw.events_per_sec(),
                 cell.percentile_ms(0.99) / raw.percentile_ms(0.99),
             );
