@@ -7,6 +7,7 @@ mod callbacks;
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
+mod compose;
 mod helpers;
 mod hostile;
 mod properties;
