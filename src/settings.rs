@@ -478,6 +478,30 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let text = std::fs::read_to_string(&path).expect("config/default.toml");
+        let file: Settings = toml::from_str(&text).expect("parses as Settings");
+        assert_eq!(
+            file.to_redacted_toml(),
+            Settings::default().to_redacted_toml()
+        );
+        let listed: toml::Table = toml::from_str(&text).expect("TOML");
+        let every: toml::Table = toml::Table::try_from(Settings::default()).expect("serialize");
+        for (section, keys) in &every {
+            let Some(keys) = keys.as_table() else {
+                continue;
+            };
+            for key in keys.keys() {
+                assert!(
+                    listed.get(section).and_then(|s| s.get(key)).is_some(),
+                    "config/default.toml lacks {section}.{key}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn redacts_uri_passwords() {
         assert_eq!(
             redact_uri("amqp://guest:s3cret@host:5672/%2f"),
