@@ -154,19 +154,15 @@ impl Application {
             });
         };
 
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => serve(stream, peer),
-                    Err(error) => warn!(%error, "accept failed"),
-                },
-                _ = &mut shutdown => break,
-            }
-        }
-        info!("shutdown requested: refusing new callbacks, finishing admitted ones");
-        state.lifecycle.begin_shutdown();
-        let drained = tokio::time::timeout(drain_timeout, state.lifecycle.wait_idle());
+        // Resolves once shutdown was requested and the admitted callbacks are done (or the
+        // drain deadline passed); until then connections keep being accepted, so callbacks
+        // that arrive meanwhile get a 503 rather than a refused connection.
+        let drained = async {
+            shutdown.await;
+            info!("shutdown requested: refusing new callbacks, finishing admitted ones");
+            state.lifecycle.begin_shutdown();
+            tokio::time::timeout(drain_timeout, state.lifecycle.wait_idle()).await
+        };
         tokio::pin!(drained);
         loop {
             tokio::select! {

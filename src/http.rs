@@ -132,7 +132,7 @@ async fn callback(
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
+        .filter(|v| is_safe_request_id(v))
         .map(String::from)
         .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
     let span = info_span!("callback", request_id = %request_id);
@@ -145,7 +145,7 @@ async fn callback(
         };
         state.metrics.inflight_requests.dec();
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let response = match outcome {
+        let mut response = match outcome {
             Ok(events) => {
                 info!(status = 200, events, latency_ms, "callback accepted");
                 json_response(StatusCode::OK, json!({"status": "published", "events": events}))
@@ -162,7 +162,6 @@ async fn callback(
             }
         };
         state.metrics.request(response.status().as_u16());
-        let mut response = response;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
@@ -223,6 +222,14 @@ async fn accept(
     let count = events.len();
     state.publisher.publish(events, received).await?;
     Ok(count)
+}
+
+/// A caller's request id is reused (logged, echoed) only when it cannot forge a log line.
+fn is_safe_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// `application/json`, optionally with parameters; a charset, if given, must be UTF-8.
@@ -308,6 +315,15 @@ mod tests {
 
     fn ct(value: &str) -> bool {
         is_json(Some(&HeaderValue::from_str(value).expect("header")))
+    }
+
+    #[test]
+    fn only_plain_request_ids_are_reused() {
+        assert!(is_safe_request_id("bw-1234_abc.def:9"));
+        assert!(!is_safe_request_id(""));
+        assert!(!is_safe_request_id("a b"));
+        assert!(!is_safe_request_id("x\" status=200"));
+        assert!(!is_safe_request_id(&"a".repeat(129)));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::settings::AmqpSettings;
 
 /// Pause before retrying a channel that failed to open.
 const CHANNEL_RETRY: Duration = Duration::from_millis(200);
+/// Longest wait for a channel to open and enter confirm mode.
+const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a broken channel to close before it is dropped.
 const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -119,12 +121,20 @@ async fn serve_channel(
     }
 }
 
-async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
+/// A new confirm channel, or why not (a stuck broker counts as a failure after a while).
+async fn open_channel(connection: &Connection) -> Result<Channel, String> {
+    let open = async {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok::<_, lapin::Error>(channel)
+    };
+    match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, open).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
 }
 
 /// Publishes every event of `batch`, awaits all confirms and answers every job.

@@ -173,6 +173,42 @@ fn assert_recovered(load: &LoadResult, after: Instant) {
     );
 }
 
+/// A running load against one forwarder, and when its fault was injected.
+struct Run {
+    stop: CancellationToken,
+    load: tokio::task::JoinHandle<LoadResult>,
+    fault: Instant,
+}
+
+/// Waits for `/readyz` to recover, keeps the load on for a second more, then checks the queue:
+/// lost = 0 and 2xx after the recovery.
+async fn recover_and_report(
+    scenario: &'static str,
+    forwarder: &Forwarder,
+    subject: &Subject,
+    run: Run,
+    within: Duration,
+) -> Report {
+    assert!(
+        wait_ready(&forwarder.url("/readyz"), within).await,
+        "no recovery within {within:?}; logs:\n{}",
+        forwarder.logs()
+    );
+    let ready = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = finish_load(run.stop, run.load).await;
+    let report = Report::new(
+        scenario,
+        &load,
+        &subject.stored(&subject.uri).await,
+        run.fault,
+    );
+    report.print();
+    assert_eq!(report.lost, 0);
+    assert_recovered(&load, ready);
+    report
+}
+
 #[tokio::test]
 async fn s1_close_all_connections_mid_load() {
     let _serial = SERIAL.lock().await;
@@ -183,22 +219,9 @@ async fn s1_close_all_connections_mid_load() {
     let fault = Instant::now();
     rabbitmqctl(&["close_all_connections", "fault suite"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        wait_ready(&forwarder.url("/readyz"), Duration::from_secs(20)).await,
-        "no recovery"
-    );
-    let ready = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let load = finish_load(stop, load).await;
-    let report = Report::new(
-        "1. close_all_connections",
-        &load,
-        &subject.stored(&subject.uri).await,
-        fault,
-    );
-    report.print();
-    assert_eq!(report.lost, 0);
-    assert_recovered(&load, ready);
+    let run = Run { stop, load, fault };
+    let scenario = "1. close_all_connections";
+    recover_and_report(scenario, &forwarder, &subject, run, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -218,22 +241,10 @@ async fn s2_broker_stop_app_and_start_app_mid_load() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(
-        wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
-        "no recovery"
-    );
-    let ready = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let load = finish_load(stop, load).await;
-    let report = Report::new(
-        "2. stop_app / start_app",
-        &load,
-        &subject.stored(&subject.uri).await,
-        fault,
-    );
-    report.print();
-    assert_eq!(report.lost, 0);
-    assert_recovered(&load, ready);
+    let run = Run { stop, load, fault };
+    let scenario = "2. stop_app / start_app";
+    let report =
+        recover_and_report(scenario, &forwarder, &subject, run, Duration::from_secs(30)).await;
     assert!(
         report.failures.contains_key(&503),
         "the outage must show as 503s"
@@ -274,22 +285,15 @@ async fn s3_memory_alarm_blocks_then_recovers() {
         eprintln!("memory alarm: readyz 503 after {blocked_after:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(
-        wait_ready(&forwarder.url("/readyz"), Duration::from_secs(20)).await,
-        "no recovery"
-    );
-    let ready = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let load = finish_load(stop, load).await;
-    let report = Report::new(
+    let run = Run { stop, load, fault };
+    recover_and_report(
         "3. memory alarm",
-        &load,
-        &subject.stored(&subject.uri).await,
-        fault,
-    );
-    report.print();
-    assert_eq!(report.lost, 0);
-    assert_recovered(&load, ready);
+        &forwarder,
+        &subject,
+        run,
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 async fn status_of_post(url: &str) -> u16 {
