@@ -15,6 +15,9 @@ use crate::settings::{AmqpSettings, redact_uri};
 
 /// How often a live connection's status is checked besides its events.
 const STATUS_POLL: Duration = Duration::from_millis(250);
+/// Longest wait for the broker to acknowledge a connection close (a stuck broker must not
+/// hold up shutdown).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Keeps one connection up until `stop`, publishing it (or `None` while down) to the workers.
 pub(super) async fn supervise(
@@ -95,10 +98,19 @@ pub(super) async fn supervise(
         shared.set_connected(false);
         shared.set_blocked(false);
         connection_tx.send_replace(None);
-        if stopping {
-            if let Err(error) = connection.close(200, "shutting down".into()).await {
-                warn!(%error, "closing the broker connection");
+        if connection.status().connected() {
+            let reason = if stopping {
+                "shutting down"
+            } else {
+                "reconnecting"
+            };
+            let closed =
+                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+            if !matches!(closed, Ok(Ok(()))) {
+                warn!(?closed, "closing the broker connection");
             }
+        }
+        if stopping {
             break;
         }
         // Try the next broker first after a loss: the one we were on may be the one that died.
