@@ -55,6 +55,7 @@ struct Cell {
     peak_rss_kb: Option<u64>,
     cpu_seconds: Option<f64>,
     broker_cpu_seconds: Option<f64>,
+    load_generator_cpu_seconds: Option<f64>,
 }
 
 impl Cell {
@@ -206,8 +207,8 @@ async fn raw(connection: &Connection, exchange: &str, concurrency: usize, second
             })
         })
         .collect();
-    let (seconds, cpu_seconds, broker_cpu_seconds) =
-        measure_window(&measuring, &stop, seconds, "self").await;
+    let pids = [Some("self".to_owned()), broker_pid()];
+    let (seconds, cpu) = measure_window(&measuring, &stop, seconds, &pids).await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("publisher"));
@@ -222,8 +223,9 @@ async fn raw(connection: &Connection, exchange: &str, concurrency: usize, second
         seconds,
         latencies_us: latencies,
         peak_rss_kb: None,
-        cpu_seconds,
-        broker_cpu_seconds,
+        cpu_seconds: cpu[0],
+        broker_cpu_seconds: cpu[1],
+        load_generator_cpu_seconds: None,
     }
 }
 
@@ -249,32 +251,34 @@ fn properties(id: &str) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// Warm up for a second, then measure for `seconds`; returns the measured duration.
-/// Also returns the CPU seconds the client process (`client`: the raw publisher or the
-/// forwarder) and the broker spent in the measured window.
+/// Warm up for a second, then measure for `seconds`. Returns the measured duration and the
+/// CPU seconds each process in `pids` spent in the measured window.
 async fn measure_window(
     measuring: &AtomicBool,
     stop: &AtomicBool,
     seconds: u64,
-    client: &str,
-) -> (f64, Option<f64>, Option<f64>) {
-    let broker = broker_pid();
-    let cpu = |pid: Option<&str>| pid.and_then(cpu_seconds);
+    pids: &[Option<String>],
+) -> (f64, Vec<Option<f64>>) {
+    let sample = || -> Vec<Option<f64>> {
+        pids.iter()
+            .map(|pid| pid.as_deref().and_then(cpu_seconds))
+            .collect()
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (client_before, broker_before) = (cpu(Some(client)), cpu(broker.as_deref()));
+    let before = sample();
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let measured = started.elapsed().as_secs_f64();
-    let (client_after, broker_after) = (cpu(Some(client)), cpu(broker.as_deref()));
+    let after = sample();
     stop.store(true, Ordering::Relaxed);
-    let delta = |after: Option<f64>, before: Option<f64>| after.zip(before).map(|(a, b)| a - b);
-    (
-        measured,
-        delta(client_after, client_before),
-        delta(broker_after, broker_before),
-    )
+    let spent = after
+        .into_iter()
+        .zip(before)
+        .map(|(a, b)| a.zip(b).map(|(a, b)| a - b))
+        .collect();
+    (measured, spent)
 }
 
 /// The release binary, started fresh per cell so its peak RSS belongs to that cell.
@@ -409,8 +413,12 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
             })
         })
         .collect();
-    let (seconds, cpu_seconds, broker_cpu_seconds) =
-        measure_window(&measuring, &stop, seconds, &subject.child.id().to_string()).await;
+    let pids = [
+        Some(subject.child.id().to_string()),
+        broker_pid(),
+        Some("self".to_owned()),
+    ];
+    let (seconds, cpu) = measure_window(&measuring, &stop, seconds, &pids).await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("poster"));
@@ -431,8 +439,9 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
         seconds,
         latencies_us: latencies,
         peak_rss_kb: subject.peak_rss_kb(),
-        cpu_seconds,
-        broker_cpu_seconds,
+        cpu_seconds: cpu[0],
+        broker_cpu_seconds: cpu[1],
+        load_generator_cpu_seconds: cpu[2],
     }
 }
 
@@ -525,14 +534,14 @@ fn print_table(cells: &[Cell], args: &Args) {
             .unwrap_or(0)
     );
     println!(
-        "| C | mode | req/s | events/s | p50 ms | p99 ms | p99.9 ms | peak RSS MB | client CPU µs/event | broker CPU µs/event | events/s ÷ (a) | p99 ÷ (a) |"
+        "| C | mode | req/s | events/s | p50 ms | p99 ms | p99.9 ms | peak RSS MB | publisher CPU µs/event | broker CPU µs/event | load gen. CPU µs/event | events/s ÷ (a) | p99 ÷ (a) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for group in cells.chunk_by(|a, b| a.concurrency == b.concurrency) {
         let raw = &group[0];
         for cell in group {
             println!(
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} | {:.2} |",
                 cell.concurrency,
                 cell.mode,
                 cell.requests as f64 / cell.seconds,
@@ -545,6 +554,7 @@ fn print_table(cells: &[Cell], args: &Args) {
                     .unwrap_or_else(|| "-".into()),
                 cell.per_event_us(cell.cpu_seconds),
                 cell.per_event_us(cell.broker_cpu_seconds),
+                cell.per_event_us(cell.load_generator_cpu_seconds),
                 cell.events_per_sec() / raw.events_per_sec(),
                 cell.percentile_ms(0.99) / raw.percentile_ms(0.99),
             );
