@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
@@ -142,11 +143,20 @@ async fn main() {
         .expect("bind bench queue");
 
     let mut cells = Vec::new();
+    // Every cell starts from an empty queue, so none pays for dropping at the length cap.
+    let purge = || async {
+        admin
+            .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge bench queue");
+    };
     for &concurrency in &args.concurrency {
         eprintln!("concurrency {concurrency}: raw lapin");
+        purge().await;
         cells.push(raw(&connection, &exchange, concurrency, args.seconds).await);
         for batch in [1, 10, 100] {
             eprintln!("concurrency {concurrency}: forwarder, {batch}-event callbacks");
+            purge().await;
             cells.push(forwarder(&args, &exchange, concurrency, batch).await);
         }
     }
