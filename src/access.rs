@@ -34,9 +34,14 @@ impl SourcePolicy {
         }
     }
 
+    /// Whether an allowlist is configured at all (if not, every source is allowed).
+    pub fn restricts(&self) -> bool {
+        !self.allowed.is_empty()
+    }
+
     /// True when no allowlist is configured or the client address is on it.
     pub fn allows(&self, peer: IpAddr, forwarded_for: &[&str]) -> bool {
-        if self.allowed.is_empty() {
+        if !self.restricts() {
             return true;
         }
         self.client(peer, forwarded_for)
