@@ -10,5 +10,6 @@ mod common;
 mod compose;
 mod helpers;
 mod hostile;
+mod logs;
 mod properties;
 mod shutdown;

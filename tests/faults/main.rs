@@ -118,15 +118,26 @@ impl Subject {
 }
 
 async fn status_of(url: &str) -> u16 {
+    get(url).await.0
+}
+
+/// Status and body of a GET (status 0 when there was no answer).
+async fn get(url: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     let Ok(request) = hyper::Request::get(url).body(http_body_util::Full::default()) else {
-        return 0;
+        return (0, String::new());
     };
     match tokio::time::timeout(Duration::from_secs(2), client.request(request)).await {
-        Ok(Ok(response)) => response.status().as_u16(),
-        _ => 0,
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes());
+            let body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
+            (status, body.unwrap_or_default())
+        }
+        _ => (0, String::new()),
     }
 }
 
@@ -222,6 +233,11 @@ async fn s1_close_all_connections_mid_load() {
     let run = Run { stop, load, fault };
     let scenario = "1. close_all_connections";
     recover_and_report(scenario, &forwarder, &subject, run, Duration::from_secs(20)).await;
+    let (_, metrics) = get(&forwarder.url("/metrics")).await;
+    assert!(
+        metrics.contains("forwarder_broker_reconnects_total 1"),
+        "one reconnect counted:\n{metrics}"
+    );
 }
 
 #[tokio::test]

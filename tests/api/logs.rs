@@ -1,0 +1,96 @@
+//! Logs: one line per request with its facts, never credentials or message text.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::common::{Forwarder, broker, count_ids, delete_topology};
+use crate::helpers::{amqp_uri, unique};
+
+const PASSWORD: &str = "pw-never-logged-7f3a";
+const TEXT: &str = "message-text-never-logged-91c2";
+
+async fn post(url: &str, authorization: &str, body: String) -> (StatusCode, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", authorization)
+        .header("x-request-id", "req-logs-1")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = client.request(request).await.expect("answer");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Runs the binary with auth and two worker threads, posts a callback carrying message text,
+/// and reads its JSON log.
+#[tokio::test]
+async fn request_lines_carry_facts_but_no_secrets_or_text() {
+    let (exchange, queue) = (unique("ex"), unique("q"));
+    let forwarder = Forwarder::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nusername = \"bw\"\npassword = \"{PASSWORD}\"\n\
+         [amqp]\nuri = \"{}\"\nexchange = \"{exchange}\"\n[[amqp.queues]]\nname = \"{queue}\"\n\
+         bindings = [\"#\"]\n[runtime]\nworker_threads = 2\n",
+        amqp_uri()
+    ));
+    let url = forwarder.url("/callbacks/bandwidth/messaging");
+    let body =
+        format!(r#"[{{"type":"message-received","message":{{"id":"logs-1","text":"{TEXT}"}}}}]"#);
+    let good = format!("Basic {}", STANDARD.encode(format!("bw:{PASSWORD}")));
+    let mut answered = (StatusCode::SERVICE_UNAVAILABLE, String::new());
+    for _ in 0..300 {
+        answered = post(&url, &good, body.clone()).await;
+        if answered.0 != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answered.0, StatusCode::OK, "{}", answered.1);
+    let bad = format!("Basic {}", STANDARD.encode(format!("bw:{PASSWORD}-wrong")));
+    assert_eq!(post(&url, &bad, body).await.0, StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let logs = forwarder.logs();
+    for secret in [PASSWORD, TEXT, good.as_str(), bad.as_str()] {
+        assert!(
+            !logs.contains(secret),
+            "`{secret}` leaked into the log:\n{logs}"
+        );
+    }
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let accepted = lines
+        .iter()
+        .find(|l| l["message"] == "callback accepted")
+        .unwrap_or_else(|| panic!("no request line in\n{logs}"));
+    assert_eq!(accepted["status"], 200);
+    assert_eq!(accepted["events"], 1);
+    assert!(accepted["latency_ms"].is_number());
+    assert_eq!(accepted["span"]["request_id"], "req-logs-1", "{accepted}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "callback rejected" && l["status"] == 401),
+        "{logs}"
+    );
+
+    let connection = broker().await;
+    let channel = connection.create_channel().await.expect("channel");
+    assert_eq!(count_ids(&channel, &queue).await.len(), 1);
+    delete_topology(&channel, &queue, &exchange).await;
+}
