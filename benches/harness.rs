@@ -40,6 +40,13 @@ struct Args {
     /// The forwarder's `log.level` (its default, `info`, logs a line per request).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Repeat the whole sweep this many times and print medians (machines are noisy).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Pin the broker to CPU 0 and the bench and forwarder to CPU 1 (restored at the end), so
+    /// the broker has the same one core in every cell.
+    #[arg(long)]
+    pin: bool,
     /// Ignored: cargo bench passes it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -60,14 +67,6 @@ struct Cell {
 }
 
 impl Cell {
-    /// CPU microseconds per event confirmed, from CPU seconds in the window.
-    fn per_event_us(&self, cpu_seconds: Option<f64>) -> String {
-        cpu_seconds
-            .filter(|_| self.events > 0)
-            .map(|s| format!("{:.0}", s * 1e6 / self.events as f64))
-            .unwrap_or_else(|| "-".into())
-    }
-
     fn events_per_sec(&self) -> f64 {
         self.events as f64 / self.seconds
     }
@@ -86,6 +85,7 @@ impl Cell {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let _pinned = args.pin.then(Pinning::apply);
     let exchange = format!("bench.{:08x}", fastrand::u32(..));
     let queue = format!("{exchange}.q");
     let connection = Connection::connect(&args.uri, ConnectionProperties::default())
@@ -142,7 +142,7 @@ async fn main() {
         .await
         .expect("bind bench queue");
 
-    let mut cells = Vec::new();
+    let mut rounds: Vec<Vec<Cell>> = Vec::new();
     // Every cell starts from an empty queue, so none pays for dropping at the length cap.
     let purge = || async {
         admin
@@ -150,15 +150,21 @@ async fn main() {
             .await
             .expect("purge bench queue");
     };
-    for &concurrency in &args.concurrency {
-        eprintln!("concurrency {concurrency}: raw lapin");
-        purge().await;
-        cells.push(raw(&connection, &exchange, concurrency, args.seconds).await);
-        for batch in [1, 10, 100] {
-            eprintln!("concurrency {concurrency}: forwarder, {batch}-event callbacks");
+    for round in 1..=args.rounds {
+        let mut cells = Vec::new();
+        for &concurrency in &args.concurrency {
+            eprintln!("round {round}, concurrency {concurrency}: raw lapin");
             purge().await;
-            cells.push(forwarder(&args, &exchange, concurrency, batch).await);
+            cells.push(raw(&connection, &exchange, concurrency, args.seconds).await);
+            for batch in [1, 10, 100] {
+                eprintln!(
+                    "round {round}, concurrency {concurrency}: forwarder, {batch}-event callbacks"
+                );
+                purge().await;
+                cells.push(forwarder(&args, &exchange, concurrency, batch).await);
+            }
         }
+        rounds.push(cells);
     }
     let _ = admin
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -166,7 +172,7 @@ async fn main() {
     let _ = admin
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await;
-    print_table(&cells, &args);
+    print_table(&rounds, &args);
 }
 
 /// (a): C publishers sharing one confirm channel, each awaiting its confirm, through the same
@@ -289,6 +295,40 @@ async fn measure_window(
         .map(|(a, b)| a.zip(b).map(|(a, b)| a - b))
         .collect();
     (measured, spent)
+}
+
+/// CPU affinity for `--pin`: broker on CPU 0, this process and its children on CPU 1.
+struct Pinning {
+    broker: Option<String>,
+}
+
+impl Pinning {
+    fn apply() -> Self {
+        let broker = broker_pid();
+        if let Some(pid) = &broker {
+            taskset("0", pid);
+        }
+        taskset("1", &std::process::id().to_string());
+        Self { broker }
+    }
+}
+
+impl Drop for Pinning {
+    fn drop(&mut self) {
+        if let Some(pid) = &self.broker {
+            taskset("0-1023", pid);
+        }
+    }
+}
+
+/// Sets the CPU list of every thread of `pid` (children inherit it).
+fn taskset(cpus: &str, pid: &str) {
+    let status = Command::new("taskset")
+        .args(["-a", "-pc", cpus, pid])
+        .output();
+    if !status.is_ok_and(|o| o.status.success()) {
+        eprintln!("taskset -a -pc {cpus} {pid} failed; running unpinned");
+    }
 }
 
 /// The release binary, started fresh per cell so its peak RSS belongs to that cell.
@@ -535,39 +575,80 @@ fn callback_body(counter: &AtomicU64, batch: usize) -> String {
     format!("[{}]", events.join(","))
 }
 
-fn print_table(cells: &[Cell], args: &Args) {
+/// The median of some values (NaN when there are none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// One row per cell: the median over rounds of each figure, the ratios taken within each
+/// round against that round's (a), and the largest peak RSS.
+fn print_table(rounds: &[Vec<Cell>], args: &Args) {
     println!(
-        "\n{} s per cell after 1 s warm-up; quorum queue (x-max-length {QUEUE_MAX_LENGTH}); {} cores\n",
+        "\n{} s per cell after 1 s warm-up, {} round(s), medians; quorum queue (x-max-length {QUEUE_MAX_LENGTH}); {} cores{}\n",
         args.seconds,
+        rounds.len(),
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        if args.pin {
+            "; broker pinned to CPU 0, bench and forwarder to CPU 1"
+        } else {
+            ""
+        }
     );
     println!(
         "| C | mode | req/s | events/s | p50 ms | p99 ms | p99.9 ms | peak RSS MB | publisher CPU µs/event | broker CPU µs/event | load gen. CPU µs/event | events/s ÷ (a) | p99 ÷ (a) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for group in cells.chunk_by(|a, b| a.concurrency == b.concurrency) {
-        let raw = &group[0];
-        for cell in group {
-            println!(
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} | {:.2} |",
-                cell.concurrency,
-                cell.mode,
-                cell.requests as f64 / cell.seconds,
-                cell.events_per_sec(),
-                cell.percentile_ms(0.5),
-                cell.percentile_ms(0.99),
-                cell.percentile_ms(0.999),
-                cell.peak_rss_kb
-                    .map(|kb| format!("{:.1}", kb as f64 / 1024.0))
-                    .unwrap_or_else(|| "-".into()),
-                cell.per_event_us(cell.cpu_seconds),
-                cell.per_event_us(cell.broker_cpu_seconds),
-                cell.per_event_us(cell.load_generator_cpu_seconds),
-                cell.events_per_sec() / raw.events_per_sec(),
-                cell.percentile_ms(0.99) / raw.percentile_ms(0.99),
-            );
-        }
+    let Some(first) = rounds.first() else {
+        return;
+    };
+    for (index, cell) in first.iter().enumerate() {
+        // The raw cell of the same concurrency opens each group of four.
+        let raw_index = index - index % 4;
+        let of = |f: &dyn Fn(&Cell, &Cell) -> f64| {
+            median(rounds.iter().map(|r| f(&r[index], &r[raw_index])).collect())
+        };
+        let per_event = |cpu: fn(&Cell) -> Option<f64>| {
+            let value = of(&|c, _| {
+                cpu(c)
+                    .filter(|_| c.events > 0)
+                    .map_or(f64::NAN, |s| s * 1e6 / c.events as f64)
+            });
+            if value.is_finite() {
+                format!("{value:.0}")
+            } else {
+                "-".into()
+            }
+        };
+        let peak_rss = rounds.iter().filter_map(|r| r[index].peak_rss_kb).max();
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            cell.concurrency,
+            cell.mode,
+            of(&|c, _| c.requests as f64 / c.seconds),
+            of(&|c, _| c.events_per_sec()),
+            of(&|c, _| c.percentile_ms(0.5)),
+            of(&|c, _| c.percentile_ms(0.99)),
+            of(&|c, _| c.percentile_ms(0.999)),
+            peak_rss
+                .map(|kb| format!("{:.1}", kb as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into()),
+            per_event(|c| c.cpu_seconds),
+            per_event(|c| c.broker_cpu_seconds),
+            per_event(|c| c.load_generator_cpu_seconds),
+            of(&|c, raw| c.events_per_sec() / raw.events_per_sec()),
+            of(&|c, raw| c.percentile_ms(0.99) / raw.percentile_ms(0.99)),
+        );
     }
 }

@@ -168,7 +168,7 @@ impl Default for AmqpSettings {
                 name: "bandwidth.messaging.all".into(),
                 bindings: vec!["#".into()],
             }],
-            channels: 4,
+            channels: 2,
             max_batch_events: 512,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 5_000,
