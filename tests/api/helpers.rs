@@ -7,17 +7,14 @@ use std::time::Duration;
 use bandwidth_forwarder::app::Application;
 use bandwidth_forwarder::settings::{QueueSettings, Secret, Settings};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use crate::common::{Message, amqp_uri, broker, drain_queue, unique};
+pub use crate::common::{Answer, Message, amqp_uri, broker, drain_queue, unique};
+use crate::common::{HttpClient, http_client, send};
 
 /// The bytes of a fixture under `tests/fixtures/bandwidth/`.
 pub fn fixture(name: &str) -> Bytes {
@@ -55,41 +52,12 @@ pub fn test_settings() -> Settings {
     settings
 }
 
-/// An answered HTTP request.
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Answer {
-    /// The body as JSON (every answer of the forwarder is JSON but /metrics).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// Asserts the contract's error body and returns its `error` word.
-    pub fn error_word(&self) -> String {
-        let json = self.json();
-        assert!(json["detail"].is_string(), "no detail in {json}");
-        json["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error word in {json}"))
-            .to_owned()
-    }
-}
-
 /// A running forwarder and the broker objects made for it.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub settings: Settings,
     pub channel: Channel,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _connection: Connection,
@@ -118,7 +86,7 @@ pub async fn spawn_app_unready(settings: Settings) -> TestApp {
         addr,
         settings,
         channel,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: http_client(),
         stop: Some(stop),
         task: Some(task),
         _connection: connection,
@@ -157,25 +125,9 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Answer {
-        let mut builder = Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder.body(Full::new(body)).expect("request");
-        let response = self.client.request(request).await.expect("HTTP request");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
+        send(&self.client, method, url, headers, body)
             .await
-            .expect("body")
-            .to_bytes();
-        Answer {
-            status,
-            headers,
-            body,
-        }
+            .expect("the forwarder answers")
     }
 
     pub async fn get(&self, path: &str) -> Answer {

@@ -5,34 +5,33 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 
-use crate::common::{Forwarder, broker, count_ids, delete_topology};
+use crate::common::{Forwarder, broker, count_ids, delete_topology, http_client, send};
 use crate::helpers::{amqp_uri, unique};
 
 const PASSWORD: &str = "pw-never-logged-7f3a";
 const TEXT: &str = "message-text-never-logged-91c2";
 
 async fn post(url: &str, authorization: &str, body: String) -> (StatusCode, String) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::post(url)
-        .header("content-type", "application/json")
-        .header("authorization", authorization)
-        .header("x-request-id", "req-logs-1")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let response = client.request(request).await.expect("answer");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", authorization),
+        ("x-request-id", "req-logs-1"),
+    ];
+    let answer = send(
+        &http_client(),
+        Method::POST,
+        url,
+        &headers,
+        Bytes::from(body),
+    )
+    .await
+    .expect("answer");
+    (
+        answer.status,
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    )
 }
 
 /// Runs the binary with auth and two worker threads, posts a callback carrying message text,

@@ -5,14 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Forwarder, count_ids, delete_topology, forwarder_toml};
+use crate::common::{Forwarder, count_ids, delete_topology, forwarder_toml, http_client, send};
 use crate::helpers::{Answer, amqp_uri, broker, spawn_app, test_settings, unique};
 
 async fn inflight(app: &crate::helpers::TestApp) -> String {
@@ -96,13 +93,11 @@ async fn sigterm_under_load_answers_everything_and_exits_0() {
         "the log names the real port: {}",
         forwarder.addr
     );
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = http_client();
     let readyz = forwarder.url("/readyz");
     for _ in 0..300 {
-        let ready = client
-            .request(Request::get(&readyz).body(Full::default()).expect("req"))
-            .await;
-        if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+        let ready = send(&client, Method::GET, &readyz, &[], Bytes::new()).await;
+        if ready.is_some_and(|r| r.status == StatusCode::OK) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -115,21 +110,9 @@ async fn sigterm_under_load_answers_everything_and_exits_0() {
         async move {
             let body =
                 format!(r#"[{{"type":"message-delivered","message":{{"id":"sigterm-{i}"}}}}]"#);
-            let request = Request::post(url)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .expect("req");
-            let response = client.request(request).await.ok()?;
-            let status = response.status();
-            let body = response.into_body().collect().await.ok()?.to_bytes();
-            Some((
-                i,
-                Answer {
-                    status,
-                    headers: Default::default(),
-                    body,
-                },
-            ))
+            let json = [("content-type", "application/json")];
+            let answer = send(&client, Method::POST, &url, &json, Bytes::from(body)).await?;
+            Some((i, answer))
         }
     };
     let load = tokio::spawn(async move {

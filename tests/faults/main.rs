@@ -15,7 +15,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use common::{Forwarder, amqp_uri, broker_at, count_ids, delete_topology, forwarder_toml, unique};
+use bytes::Bytes;
+use hyper::Method;
+
+use common::{
+    Forwarder, amqp_uri, broker_at, count_ids, delete_topology, forwarder_toml, http_client, send,
+    unique,
+};
 use load::{LoadResult, Report};
 
 /// Scenarios share one broker: one at a time.
@@ -53,26 +59,27 @@ fn script(name: &str) -> String {
 }
 
 /// Runs its command when dropped: puts the broker back however the scenario ends.
-struct Restore(Vec<(String, Vec<String>)>);
+struct Restore {
+    program: String,
+    args: Vec<String>,
+}
 
 impl Restore {
     fn new(program: &str, args: &[&str]) -> Self {
-        Self(vec![(
-            program.to_owned(),
-            args.iter().map(|a| (*a).to_owned()).collect(),
-        )])
+        Self {
+            program: program.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
     }
 }
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        for (program, args) in &self.0 {
-            let _ = Command::new("timeout")
-                .arg("180")
-                .arg(program)
-                .args(args)
-                .status();
-        }
+        let _ = Command::new("timeout")
+            .arg("180")
+            .arg(&self.program)
+            .args(&self.args)
+            .status();
     }
 }
 
@@ -121,24 +128,28 @@ async fn status_of(url: &str) -> u16 {
     get(url).await.0
 }
 
-/// Status and body of a GET (status 0 when there was no answer).
-async fn get(url: &str) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let Ok(request) = hyper::Request::get(url).body(http_body_util::Full::default()) else {
-        return (0, String::new());
-    };
-    match tokio::time::timeout(Duration::from_secs(2), client.request(request)).await {
-        Ok(Ok(response)) => {
-            let status = response.status().as_u16();
-            let body = response.into_body().collect().await.map(|b| b.to_bytes());
-            let body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
-            (status, body.unwrap_or_default())
-        }
+/// Status and body of a request, or status 0 when no answer came within `within`.
+async fn request(
+    method: Method,
+    url: &str,
+    body: &'static [u8],
+    within: Duration,
+) -> (u16, String) {
+    let json = [("content-type", "application/json")];
+    let client = http_client();
+    let sent = send(&client, method, url, &json, Bytes::from_static(body));
+    match tokio::time::timeout(within, sent).await {
+        Ok(Some(answer)) => (
+            answer.status.as_u16(),
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        ),
         _ => (0, String::new()),
     }
+}
+
+/// Status and body of a GET (status 0 when there was no answer).
+async fn get(url: &str) -> (u16, String) {
+    request(Method::GET, url, b"", Duration::from_secs(2)).await
 }
 
 async fn wait_ready(url: &str, within: Duration) -> bool {
@@ -312,20 +323,12 @@ async fn s3_memory_alarm_blocks_then_recovers() {
     .await;
 }
 
+/// Status of posting one callback (0 when no answer came within 10 s).
 async fn status_of_post(url: &str) -> u16 {
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let request = hyper::Request::post(url)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"[{"type":"message-sent"}]"#,
-        )))
-        .expect("request");
-    match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
-        Ok(Ok(response)) => response.status().as_u16(),
-        _ => 0,
-    }
+    let body = br#"[{"type":"message-sent"}]"#;
+    request(Method::POST, url, body, Duration::from_secs(10))
+        .await
+        .0
 }
 
 async fn signal_mid_load(signal: &'static str, scenario: &'static str) -> Report {
