@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::access::SourcePolicy;
 use crate::auth::{BasicAuth, CHALLENGE};
@@ -135,40 +135,50 @@ async fn callback(
         .filter(|v| is_safe_request_id(v))
         .map(String::from)
         .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
-    let span = info_span!("callback", request_id = %request_id);
-    async move {
-        let started = Instant::now();
-        state.metrics.inflight_requests.inc();
-        let outcome = match state.lifecycle.enter() {
-            Some(_admitted) => accept(&state, peer, request).await,
-            None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
-        };
-        state.metrics.inflight_requests.dec();
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let mut response = match outcome {
-            Ok(events) => {
-                info!(status = 200, events, latency_ms, "callback accepted");
-                json_response(StatusCode::OK, json!({"status": "published", "events": events}))
-            }
-            Err(error) => {
-                let status = error.status();
-                if let CallbackError::Publish(publish) = &error {
-                    state.metrics.publish_failed(publish.code());
-                    warn!(status = status.as_u16(), error = error.code(), %error, latency_ms, "callback not published");
-                } else {
-                    info!(status = status.as_u16(), error = error.code(), latency_ms, "callback rejected");
-                }
-                error_for(&error, state.retry_after_secs)
-            }
-        };
-        state.metrics.request(response.status().as_u16());
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-request-id", value);
+    let started = Instant::now();
+    state.metrics.inflight_requests.inc();
+    let outcome = match state.lifecycle.enter() {
+        Some(_admitted) => accept(&state, peer, request).await,
+        None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
+    };
+    state.metrics.inflight_requests.dec();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut response = match outcome {
+        Ok(events) => {
+            info!(
+                request_id,
+                status = 200,
+                events,
+                latency_ms,
+                "callback accepted"
+            );
+            json_response(
+                StatusCode::OK,
+                json!({"status": "published", "events": events}),
+            )
         }
-        response
+        Err(error) => {
+            let status = error.status();
+            if let CallbackError::Publish(publish) = &error {
+                state.metrics.publish_failed(publish.code());
+                warn!(request_id, status = status.as_u16(), error = error.code(), %error, latency_ms, "callback not published");
+            } else {
+                info!(
+                    request_id,
+                    status = status.as_u16(),
+                    error = error.code(),
+                    latency_ms,
+                    "callback rejected"
+                );
+            }
+            error_for(&error, state.retry_after_secs)
+        }
+    };
+    state.metrics.request(response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
     }
-    .instrument(span)
-    .await
+    response
 }
 
 /// Everything between admission and the publisher's answer; `Ok` is the event count.

@@ -80,7 +80,7 @@ async fn request_lines_carry_facts_but_no_secrets_or_text() {
     assert_eq!(accepted["status"], 200);
     assert_eq!(accepted["events"], 1);
     assert!(accepted["latency_ms"].is_number());
-    assert_eq!(accepted["span"]["request_id"], "req-logs-1", "{accepted}");
+    assert_eq!(accepted["request_id"], "req-logs-1", "{accepted}");
     assert!(
         lines
             .iter()
