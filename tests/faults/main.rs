@@ -464,7 +464,7 @@ impl Haproxy {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("haproxy (apt-get install haproxy; .ci/run installs it)");
+            .expect("haproxy (apt-get install haproxy; scripts/test installs it)");
         Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
