@@ -47,8 +47,3 @@ fn main() -> ExitCode {
         }
     }
 }
-
-/// mimalloc: measurably less CPU per request than the system allocator (see BENCHMARKS.md);
-/// built without transparent huge pages so the resident set stays small.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
