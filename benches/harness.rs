@@ -47,6 +47,10 @@ struct Args {
     /// the broker has the same one core in every cell.
     #[arg(long)]
     pin: bool,
+    /// The forwarder binary to measure (default: the one this build made), e.g. another
+    /// build kept aside, to compare two versions against the same broker in one session.
+    #[arg(long)]
+    forwarder: Option<std::path::PathBuf>,
     /// Ignored: cargo bench passes it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -339,7 +343,8 @@ struct Subject {
 }
 
 impl Subject {
-    fn start(uri: &str, exchange: &str, log_level: &str) -> Self {
+    fn start(args: &Args, exchange: &str) -> Self {
+        let (uri, log_level) = (&args.uri, &args.log_level);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("free port")
@@ -354,7 +359,11 @@ impl Subject {
             ),
         )
         .expect("config");
-        let child = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+        let binary = args
+            .forwarder
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_bandwidth-forwarder").into());
+        let child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -409,7 +418,7 @@ impl Drop for Subject {
 /// (b)/(c): C clients posting callbacks of `batch` unique events, counting only 2xx.
 async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize) -> Cell {
     let seconds = args.seconds;
-    let subject = Subject::start(&args.uri, exchange, &args.log_level);
+    let subject = Subject::start(args, exchange);
     let path = "/callbacks/bandwidth/messaging";
     for _ in 0..500 {
         let ready = match Poster::connect(&subject.addr).await {
