@@ -105,6 +105,16 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
+            open_channels: AtomicUsize::new(0),
+            redeclare: tokio::sync::Notify::new(),
+            metrics,
+        }
+    }
+
     fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::SeqCst);
         self.metrics.broker_connected.set(i64::from(connected));
@@ -139,13 +149,7 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the connection supervisor and the channel workers; returns at once.
     pub fn start(settings: &AmqpSettings, metrics: Arc<Metrics>) -> Self {
-        let shared = Arc::new(Shared {
-            connected: AtomicBool::new(false),
-            blocked: AtomicBool::new(false),
-            open_channels: AtomicUsize::new(0),
-            redeclare: tokio::sync::Notify::new(),
-            metrics,
-        });
+        let shared = Arc::new(Shared::new(metrics));
         let (connection_tx, connection_rx) = watch::channel(None);
         let (jobs_tx, jobs_rx) = async_channel::bounded(JOB_QUEUE_CAPACITY);
         let stop_supervisor = CancellationToken::new();
@@ -239,5 +243,49 @@ impl Publisher {
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publisher that looks connected but has no worker: its job queue only fills.
+    fn without_workers(capacity: usize) -> (Arc<Publisher>, async_channel::Receiver<Job>) {
+        let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
+        shared.set_connected(true);
+        shared.channel_opened();
+        let (jobs, queued) = async_channel::bounded(capacity);
+        let publisher = Publisher {
+            jobs,
+            shared,
+            publish_timeout: Duration::from_secs(5),
+            workers: std::sync::Mutex::new(Vec::new()),
+            supervisor: std::sync::Mutex::new(None),
+            stop_supervisor: CancellationToken::new(),
+        };
+        (Arc::new(publisher), queued)
+    }
+
+    #[tokio::test]
+    async fn a_full_job_queue_answers_overloaded_at_once_and_keeps_the_queued_job() {
+        let (publisher, queued) = without_workers(1);
+        let first = tokio::spawn({
+            let publisher = publisher.clone();
+            async move { publisher.publish(Vec::new(), ReceivedAt::now()).await }
+        });
+        while queued.is_empty() {
+            tokio::task::yield_now().await;
+        }
+
+        let started = Instant::now();
+        let second = publisher.publish(Vec::new(), ReceivedAt::now()).await;
+        assert_eq!(second, Err(PublishError::Overloaded));
+        assert_eq!(second.unwrap_err().code(), "overloaded");
+        assert!(started.elapsed() < Duration::from_millis(100));
+
+        let job = queued.recv().await.expect("the first job stays queued");
+        job.reply.send(Ok(())).expect("its requester still waits");
+        assert_eq!(first.await.expect("task"), Ok(()));
     }
 }
