@@ -17,8 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -208,6 +208,13 @@ pub async fn count_ids(channel: &Channel, queue: &str) -> HashMap<String, usize>
         *counts.entry(id).or_insert(0) += 1;
         seen += 1;
     }
+    // Leave the channel as it was: a consumer left behind makes the broker cancel it when the
+    // queue is deleted, after which lapin refuses any further call on the channel (the
+    // exchange would be left behind).
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .expect("cancel the reader");
     counts
 }
 
