@@ -13,6 +13,15 @@ fn compose() -> Yaml {
         .expect("one document")
 }
 
+/// The string items of a YAML list (a service's `ports`, say).
+fn strings(list: &Yaml) -> Vec<&str> {
+    list.as_vec()
+        .expect("a list")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect()
+}
+
 #[test]
 fn runs_rabbitmq_with_management_and_the_forwarder_built_from_the_repo() {
     let compose = compose();
@@ -22,12 +31,7 @@ fn runs_rabbitmq_with_management_and_the_forwarder_built_from_the_repo() {
         image.starts_with("rabbitmq:3") && image.ends_with("-management"),
         "{image}"
     );
-    let ports: Vec<&str> = rabbitmq["ports"]
-        .as_vec()
-        .expect("ports")
-        .iter()
-        .filter_map(Yaml::as_str)
-        .collect();
+    let ports = strings(&rabbitmq["ports"]);
     assert!(
         ports.contains(&"5672:5672") && ports.contains(&"15672:15672"),
         "{ports:?}"
@@ -41,12 +45,7 @@ fn runs_rabbitmq_with_management_and_the_forwarder_built_from_the_repo() {
         Some("service_healthy")
     );
     assert_eq!(forwarder["stop_signal"].as_str(), Some("SIGTERM"));
-    let ports: Vec<&str> = forwarder["ports"]
-        .as_vec()
-        .expect("ports")
-        .iter()
-        .filter_map(Yaml::as_str)
-        .collect();
+    let ports = strings(&forwarder["ports"]);
     assert_eq!(ports, ["8080:8080"]);
     let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
         .expect("Dockerfile");
