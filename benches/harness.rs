@@ -1,9 +1,12 @@
 //! Benchmark harness: in one run, on one broker and one quorum queue, measures
 //! (a) the raw limit — lapin publishing with confirms, persistent, mandatory — and
 //! (b) the forwarder end to end with single-event callbacks, and (c) with 10- and 100-event
-//! callbacks, at each concurrency, and prints a table with the ratios to (a).
+//! callbacks, at each concurrency, and prints a table with the ratios to (a). An (h) cell
+//! measures the HTTP exchange alone (a bare hyper server, no broker), from which the table's
+//! last lines estimate the best any forwarder could reach beside the same broker and clients.
 //!
-//! `cargo bench --bench harness -- [--seconds N] [--concurrency 1,16,64,256] [--uri URI]`
+//! `cargo bench --bench harness -- [--seconds N] [--rounds N] [--concurrency 1,16,64,256]
+//! [--batches 1,10,100] [--pin] [--uri URI]`
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -34,6 +37,9 @@ struct Args {
     /// Concurrency levels to sweep.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     concurrency: Vec<usize>,
+    /// Events per callback in the forwarder cells (1 is (b), larger ones are (c)).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    batches: Vec<usize>,
     /// Broker.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     uri: String,
@@ -79,10 +85,17 @@ impl Cell {
         if self.latencies_us.is_empty() {
             return f64::NAN;
         }
+        self.percentile_us(p) as f64 / 1000.0
+    }
+
+    fn percentile_us(&self, p: f64) -> u64 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
         let index = ((self.latencies_us.len() as f64 * p).ceil() as usize)
             .clamp(1, self.latencies_us.len())
             - 1;
-        self.latencies_us[index] as f64 / 1000.0
+        self.latencies_us[index]
     }
 }
 
@@ -160,7 +173,10 @@ async fn main() {
             eprintln!("round {round}, concurrency {concurrency}: raw lapin");
             purge().await;
             cells.push(raw(&connection, &exchange, concurrency, args.seconds).await);
-            for batch in [1, 10, 100] {
+            eprintln!("round {round}, concurrency {concurrency}: HTTP only");
+            let confirm_time = Duration::from_micros(cells[cells.len() - 1].percentile_us(0.5));
+            cells.push(http_floor(concurrency, args.seconds, confirm_time).await);
+            for &batch in &args.batches {
                 eprintln!(
                     "round {round}, concurrency {concurrency}: forwarder, {batch}-event callbacks"
                 );
@@ -417,9 +433,7 @@ impl Drop for Subject {
 
 /// (b)/(c): C clients posting callbacks of `batch` unique events, counting only 2xx.
 async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize) -> Cell {
-    let seconds = args.seconds;
     let subject = Subject::start(args, exchange);
-    let path = "/callbacks/bandwidth/messaging";
     for _ in 0..500 {
         let ready = match Poster::connect(&subject.addr).await {
             Ok(mut poster) => poster.request("GET", "/readyz", b"").await.unwrap_or(0),
@@ -430,13 +444,150 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let pids = [
+        Some(subject.child.id().to_string()),
+        broker_pid(),
+        Some("self".to_owned()),
+    ];
+    let load = post_load(&subject.addr, concurrency, batch, args.seconds, &pids).await;
+    Cell {
+        mode: format!(
+            "({}) forwarder, {batch}-event callbacks",
+            if batch == 1 { 'b' } else { 'c' }
+        ),
+        concurrency,
+        requests: load.latencies_us.len() as u64,
+        events: load.latencies_us.len() as u64 * batch as u64,
+        seconds: load.seconds,
+        latencies_us: load.latencies_us,
+        peak_rss_kb: subject.peak_rss_kb(),
+        cpu_seconds: load.cpu[0],
+        broker_cpu_seconds: load.cpu[1],
+        load_generator_cpu_seconds: load.cpu[2],
+    }
+}
+
+/// (h): the same clients against a bare hyper server in this process, on a single-threaded
+/// runtime of its own, that reads each single-event callback and answers as the forwarder does
+/// after `confirm_time` (raw lapin's median at this concurrency) but publishes nothing: what the
+/// HTTP exchange alone costs on this machine at about the rate the broker allows.
+async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration) -> Cell {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    listener.set_nonblocking(true).expect("non-blocking");
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::Builder::new()
+        .name("http-floor".into())
+        .spawn(move || bare_server(listener, confirm_time, stopped))
+        .expect("server thread");
+    let server_task = loop {
+        if let Some(tid) = thread_id("http-floor") {
+            break format!("self/task/{tid}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let pids = [Some(server_task), None, Some("self".to_owned())];
+    let load = post_load(&addr, concurrency, 1, seconds, &pids).await;
+    let _ = stop_server.send(());
+    server.join().expect("server thread");
+    Cell {
+        mode: "(h) HTTP only: bare hyper server, no broker".into(),
+        concurrency,
+        requests: load.latencies_us.len() as u64,
+        events: load.latencies_us.len() as u64,
+        seconds: load.seconds,
+        latencies_us: load.latencies_us,
+        peak_rss_kb: None,
+        cpu_seconds: load.cpu[0],
+        broker_cpu_seconds: None,
+        // This process minus the server thread: the clients alone.
+        load_generator_cpu_seconds: load.cpu[2]
+            .zip(load.cpu[0])
+            .map(|(all, server)| all - server),
+    }
+}
+
+fn bare_server(
+    listener: std::net::TcpListener,
+    confirm_time: Duration,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let accept = async {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                            let body = request.into_body().collect().await?.to_bytes();
+                            tokio::time::sleep(confirm_time).await;
+                            let answer = format!(
+                                r#"{{"status":"published","events":{}}}"#,
+                                body.len().min(1)
+                            );
+                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(answer))))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = stopped => {}
+        }
+    });
+}
+
+/// The id of this process's thread called `name`.
+fn thread_id(name: &str) -> Option<String> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+}
+
+/// What C clients measured: 2xx latencies, the window, and the CPU of `pids` in it.
+struct Load {
+    latencies_us: Vec<u64>,
+    seconds: f64,
+    cpu: Vec<Option<f64>>,
+}
+
+/// C keep-alive clients posting callbacks of `batch` unique events to `addr` for a warm-up
+/// second and `seconds` more; only 2xx answers count.
+async fn post_load(
+    addr: &str,
+    concurrency: usize,
+    batch: usize,
+    seconds: u64,
+    pids: &[Option<String>],
+) -> Load {
+    let path = "/callbacks/bandwidth/messaging";
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let addr = subject.addr.clone();
+            let addr = addr.to_owned();
             let (measuring, stop, counter, failures) = (
                 measuring.clone(),
                 stop.clone(),
@@ -472,12 +623,7 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
             })
         })
         .collect();
-    let pids = [
-        Some(subject.child.id().to_string()),
-        broker_pid(),
-        Some("self".to_owned()),
-    ];
-    let (seconds, cpu) = measure_window(&measuring, &stop, seconds, &pids).await;
+    let (seconds, cpu) = measure_window(&measuring, &stop, seconds, pids).await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("poster"));
@@ -487,20 +633,10 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
     if failed > 0 {
         eprintln!("  {failed} non-2xx answers (not counted)");
     }
-    Cell {
-        mode: format!(
-            "({}) forwarder, {batch}-event callbacks",
-            if batch == 1 { 'b' } else { 'c' }
-        ),
-        concurrency,
-        requests: latencies.len() as u64,
-        events: latencies.len() as u64 * batch as u64,
-        seconds,
+    Load {
         latencies_us: latencies,
-        peak_rss_kb: subject.peak_rss_kb(),
-        cpu_seconds: cpu[0],
-        broker_cpu_seconds: cpu[1],
-        load_generator_cpu_seconds: cpu[2],
+        seconds,
+        cpu,
     }
 }
 
@@ -623,8 +759,8 @@ fn print_table(rounds: &[Vec<Cell>], args: &Args) {
         return;
     };
     for (index, cell) in first.iter().enumerate() {
-        // The raw cell of the same concurrency opens each group of four.
-        let raw_index = index - index % 4;
+        // The raw cell of the same concurrency opens each group.
+        let raw_index = raw_cell_of(first, index);
         let of = |f: &dyn Fn(&Cell, &Cell) -> f64| {
             median(rounds.iter().map(|r| f(&r[index], &r[raw_index])).collect())
         };
@@ -640,9 +776,17 @@ fn print_table(rounds: &[Vec<Cell>], args: &Args) {
                 "-".into()
             }
         };
+        // (h) never touches the broker: its rates are not comparable with (a).
+        let ratio = |f: &dyn Fn(&Cell, &Cell) -> f64| {
+            if cell.mode.starts_with("(h)") {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", of(f))
+            }
+        };
         let peak_rss = rounds.iter().filter_map(|r| r[index].peak_rss_kb).max();
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
             cell.concurrency,
             cell.mode,
             of(&|c, _| c.requests as f64 / c.seconds),
@@ -656,8 +800,46 @@ fn print_table(rounds: &[Vec<Cell>], args: &Args) {
             per_event(|c| c.cpu_seconds),
             per_event(|c| c.broker_cpu_seconds),
             per_event(|c| c.load_generator_cpu_seconds),
-            of(&|c, raw| c.events_per_sec() / raw.events_per_sec()),
-            of(&|c, raw| c.percentile_ms(0.99) / raw.percentile_ms(0.99)),
+            ratio(&|c, raw| c.events_per_sec() / raw.events_per_sec()),
+            ratio(&|c, raw| c.percentile_ms(0.99) / raw.percentile_ms(0.99)),
         );
     }
+    println!();
+    for (index, cell) in first.iter().enumerate() {
+        if !cell.mode.starts_with("(h)") {
+            continue;
+        }
+        let raw_index = raw_cell_of(first, index);
+        let estimate = median(
+            rounds
+                .iter()
+                .map(|r| cpu_budget_estimate(&r[raw_index], &r[index]))
+                .collect(),
+        );
+        println!(
+            "C = {}: CPU-budget estimate of the best (b)/(a) = {estimate:.2} (a forwarder costing \
+             only lapin's CPU plus the bare server's; holds where the cores are the limit)",
+            cell.concurrency
+        );
+    }
+}
+
+/// Index of the raw cell that opens the group `index` belongs to.
+fn raw_cell_of(cells: &[Cell], index: usize) -> usize {
+    cells[..=index]
+        .iter()
+        .rposition(|c| c.mode.starts_with("(a)"))
+        .expect("every group opens with a raw cell")
+}
+
+/// Where the cores are the limit (equally busy in both cells), throughput is inversely
+/// proportional to the CPU everything spends per event. (a) spends publisher + broker; the
+/// cheapest possible forwarder adds the bare HTTP server's and the clients' CPU per request.
+fn cpu_budget_estimate(raw: &Cell, http: &Cell) -> f64 {
+    let per_event =
+        |cpu: Option<f64>, cell: &Cell| cpu.map_or(f64::NAN, |s| s / cell.events as f64);
+    let raw_cost = per_event(raw.cpu_seconds, raw) + per_event(raw.broker_cpu_seconds, raw);
+    let http_cost =
+        per_event(http.cpu_seconds, http) + per_event(http.load_generator_cpu_seconds, http);
+    raw_cost / (raw_cost + http_cost)
 }
