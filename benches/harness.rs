@@ -480,12 +480,16 @@ async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration) ->
         .name("http-floor".into())
         .spawn(move || bare_server(listener, confirm_time, stopped))
         .expect("server thread");
-    let server_task = loop {
-        if let Some(tid) = thread_id("http-floor") {
-            break format!("self/task/{tid}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let server_task = (0..1000)
+        .find_map(|_| {
+            let tid = thread_id("http-floor");
+            if tid.is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            tid
+        })
+        .map(|tid| format!("self/task/{tid}"))
+        .expect("the bare server's thread started");
     let pids = [Some(server_task), None, Some("self".to_owned())];
     let load = post_load(&addr, concurrency, 1, seconds, &pids).await;
     let _ = stop_server.send(());
@@ -531,13 +535,11 @@ fn bare_server(
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |request: Request<Incoming>| async move {
-                            let body = request.into_body().collect().await?.to_bytes();
+                            request.into_body().collect().await?;
                             tokio::time::sleep(confirm_time).await;
-                            let answer = format!(
-                                r#"{{"status":"published","events":{}}}"#,
-                                body.len().min(1)
-                            );
-                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(answer))))
+                            let answer =
+                                Bytes::from_static(br#"{"events":1,"status":"published"}"#);
+                            Ok::<_, hyper::Error>(Response::new(Full::new(answer)))
                         });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
