@@ -818,9 +818,29 @@ fn print_table(rounds: &[Vec<Cell>], args: &Args) {
                 .map(|r| cpu_budget_estimate(&r[raw_index], &r[index]))
                 .collect(),
         );
+        // The (b) cell of the same group, if single-event callbacks were measured.
+        let by_round = first
+            .iter()
+            .enumerate()
+            .skip(raw_index)
+            .take_while(|(i, c)| *i == raw_index || !c.mode.starts_with("(a)"))
+            .find(|(_, c)| c.mode.starts_with("(b)"))
+            .map(|(b, _)| {
+                let ratios: Vec<String> = rounds
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{:.2}",
+                            r[b].events_per_sec() / r[raw_index].events_per_sec()
+                        )
+                    })
+                    .collect();
+                format!("(b)/(a) by round {}; ", ratios.join(", "))
+            })
+            .unwrap_or_default();
         println!(
-            "C = {}: CPU-budget estimate of the best (b)/(a) = {estimate:.2} (a forwarder costing \
-             only lapin's CPU plus the bare server's; holds where the cores are the limit)",
+            "C = {}: {by_round}CPU-budget estimate of the best (b)/(a) = {estimate:.2} (a forwarder \
+             costing only lapin's CPU plus the bare server's; holds where the cores are the limit)",
             cell.concurrency
         );
     }
