@@ -819,13 +819,9 @@ fn print_table(rounds: &[Vec<Cell>], args: &Args) {
                 .collect(),
         );
         // The (b) cell of the same group, if single-event callbacks were measured.
-        let by_round = first
-            .iter()
-            .enumerate()
-            .skip(raw_index)
-            .take_while(|(i, c)| *i == raw_index || !c.mode.starts_with("(a)"))
-            .find(|(_, c)| c.mode.starts_with("(b)"))
-            .map(|(b, _)| {
+        let by_round = group_of(first, index)
+            .find(|&i| first[i].mode.starts_with("(b)"))
+            .map(|b| {
                 let ratios: Vec<String> = rounds
                     .iter()
                     .map(|r| {
@@ -848,10 +844,22 @@ fn print_table(rounds: &[Vec<Cell>], args: &Args) {
 
 /// Index of the raw cell that opens the group `index` belongs to.
 fn raw_cell_of(cells: &[Cell], index: usize) -> usize {
-    cells[..=index]
+    group_of(cells, index).start
+}
+
+/// The indices of the group (one concurrency: its raw cell and the cells after it up to the
+/// next raw cell) that `index` belongs to.
+fn group_of(cells: &[Cell], index: usize) -> std::ops::Range<usize> {
+    let is_raw = |c: &Cell| c.mode.starts_with("(a)");
+    let start = cells[..=index]
         .iter()
-        .rposition(|c| c.mode.starts_with("(a)"))
-        .expect("every group opens with a raw cell")
+        .rposition(is_raw)
+        .expect("every group opens with a raw cell");
+    let end = cells[index + 1..]
+        .iter()
+        .position(is_raw)
+        .map_or(cells.len(), |offset| index + 1 + offset);
+    start..end
 }
 
 /// Where the cores are the limit (equally busy in both cells), throughput is inversely
