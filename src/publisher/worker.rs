@@ -194,12 +194,12 @@ async fn publish_batch(
     };
     let elapsed = started.elapsed().as_secs_f64();
     let outcome = attribute(&live, confirmations);
+    for (kind, count) in confirmed_by_type(&live, &outcome.results) {
+        shared.metrics.published(kind, count);
+    }
     for (job, result) in live.into_iter().zip(outcome.results) {
         if result.is_ok() {
             shared.metrics.confirm_latency.observe(elapsed);
-            for event in &job.events {
-                shared.metrics.published(&event.kind, 1);
-            }
         }
         reply(job, result);
     }
@@ -279,6 +279,25 @@ fn attribute(jobs: &[Job], confirmations: Vec<lapin::Result<Confirmation>>) -> O
         results,
         channel_healthy,
     }
+}
+
+/// How many events of each type the batch's successful jobs hold (a batch has few types).
+fn confirmed_by_type<'a>(
+    jobs: &'a [Job],
+    results: &[Result<(), PublishError>],
+) -> Vec<(&'a str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    let confirmed = jobs
+        .iter()
+        .zip(results)
+        .filter(|(_, result)| result.is_ok());
+    for event in confirmed.flat_map(|(job, _)| &job.events) {
+        match counts.iter_mut().find(|(kind, _)| *kind == event.kind) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((&event.kind, 1)),
+        }
+    }
+    counts
 }
 
 fn returned_id(message: &lapin::message::BasicReturnMessage) -> String {
@@ -410,6 +429,14 @@ mod tests {
             Err(PublishError::ChannelClosed(_))
         ));
         assert!(!outcome.channel_healthy);
+    }
+
+    #[test]
+    fn only_confirmed_jobs_count_towards_published_events() {
+        let mut jobs = [job(&["a1", "a2"]), job(&["b1"]), job(&["c1"])];
+        jobs[1].events[0].kind = "u".into();
+        let results = [Ok(()), Ok(()), Err(PublishError::Nacked)];
+        assert_eq!(confirmed_by_type(&jobs, &results), vec![("t", 2), ("u", 1)]);
     }
 
     #[test]
