@@ -152,10 +152,7 @@ async fn callback(
                 latency_ms,
                 "callback accepted"
             );
-            json_response(
-                StatusCode::OK,
-                json!({"status": "published", "events": events}),
-            )
+            published_response(events)
         }
         Err(error) => {
             let status = error.status();
@@ -302,8 +299,21 @@ fn error_response(status: StatusCode, code: &str, detail: &str) -> Response<Full
     json_response(status, json!({"error": code, "detail": detail}))
 }
 
+/// `{"status":"published","events":n}`, the answer to every accepted callback, written
+/// directly rather than through a JSON tree.
+fn published_response(events: usize) -> Response<Full<Bytes>> {
+    json_text_response(
+        StatusCode::OK,
+        format!(r#"{{"status":"published","events":{events}}}"#),
+    )
+}
+
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_text_response(status, body.to_string())
+}
+
+fn json_text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -336,6 +346,18 @@ mod tests {
         assert!(!is_safe_request_id("a b"));
         assert!(!is_safe_request_id("x\" status=200"));
         assert!(!is_safe_request_id(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn the_success_body_is_the_contracts_json() {
+        let response = published_response(3);
+        let body = response.into_body();
+        let bytes = futures_util::FutureExt::now_or_never(body.collect())
+            .expect("a full body is ready")
+            .expect("infallible")
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(value, json!({"status": "published", "events": 3}));
     }
 
     #[test]
