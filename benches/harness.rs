@@ -425,6 +425,17 @@ fn broker_pid() -> Option<String> {
 
 impl Drop for Subject {
     fn drop(&mut self) {
+        // SIGTERM first, so a forwarder run under a profiler (`--forwarder` pointing at a
+        // wrapper script) exits cleanly and writes its profile; SIGKILL if it takes too long.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config);
