@@ -131,9 +131,15 @@ impl Application {
         } = self;
         info!(listen = %listener.local_addr()?, path = %state.callback_path, "listening");
         let mut http = http1::Builder::new();
+        // Half-close: a client that shuts its write side after the request still gets the
+        // answer, and a callback being handled is never cancelled by its client leaving (its
+        // events are published; a retry carries the same dedup key). It also spares hyper's
+        // probe for EOF while a callback is handled, which would allocate a new read buffer
+        // per request: the old one is shared with the body until the events are confirmed.
         http.timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
-            .max_header_size(max_header_bytes);
+            .max_header_size(max_header_bytes)
+            .half_close(true);
         let graceful = GracefulShutdown::new();
         let serve = |stream: TcpStream, peer: SocketAddr| {
             let Ok(permit) = connections.clone().try_acquire_owned() else {

@@ -168,6 +168,49 @@ async fn oversized_headers_get_431() {
 }
 
 #[tokio::test]
+async fn closing_after_sending_neither_loses_the_answer_nor_cancels_the_publish() {
+    let app = spawn_app(test_settings()).await;
+    let body =
+        br#"[{"type":"message-delivered","message":{"id":"half-close-1"},"to":"+15550100"}]"#;
+    let mut request = post_head(&app, &format!("content-length: {}\r\n", body.len())).into_bytes();
+    request.extend_from_slice(body);
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(&request).await.expect("send the callback");
+    // Done sending: shut the write side, as some clients do while they wait for the answer.
+    stream.shutdown().await.expect("half-close");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("answered within 5 s")
+        .expect("read the answer");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let published = app.drain().await;
+    assert_eq!(published.len(), 1, "the callback's one event is published");
+
+    // A client that goes away entirely does not cancel the publish either: the event is
+    // published (its retry will carry the same dedup key) and the answer is dropped.
+    let body = br#"[{"type":"message-delivered","message":{"id":"gone-1"},"to":"+15550100"}]"#;
+    let mut request = post_head(&app, &format!("content-length: {}\r\n", body.len())).into_bytes();
+    request.extend_from_slice(body);
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(&request).await.expect("send the callback");
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut published = Vec::new();
+    while published.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        published = app.drain().await;
+    }
+    let ids: Vec<_> = published
+        .iter()
+        .filter_map(|m| m.header("x-bandwidth-message-id"))
+        .collect();
+    assert_eq!(ids, ["gone-1"]);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn connections_over_the_cap_get_503_until_one_closes() {
     let mut settings = test_settings();
     settings.http.max_connections = 3;
