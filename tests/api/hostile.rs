@@ -24,6 +24,13 @@ async fn raw_exchange(app: &TestApp, request: &[u8], wait: Duration) -> (String,
     )
 }
 
+/// A whole callback request with `body`, as raw bytes.
+fn post_request(app: &TestApp, body: &[u8]) -> Vec<u8> {
+    let mut request = post_head(app, &format!("content-length: {}\r\n", body.len())).into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
 fn post_head(app: &TestApp, extra: &str) -> String {
     format!(
         "POST {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}\r\n",
@@ -172,10 +179,11 @@ async fn closing_after_sending_neither_loses_the_answer_nor_cancels_the_publish(
     let app = spawn_app(test_settings()).await;
     let body =
         br#"[{"type":"message-delivered","message":{"id":"half-close-1"},"to":"+15550100"}]"#;
-    let mut request = post_head(&app, &format!("content-length: {}\r\n", body.len())).into_bytes();
-    request.extend_from_slice(body);
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-    stream.write_all(&request).await.expect("send the callback");
+    stream
+        .write_all(&post_request(&app, body))
+        .await
+        .expect("send the callback");
     // Done sending: shut the write side, as some clients do while they wait for the answer.
     stream.shutdown().await.expect("half-close");
     let mut response = Vec::new();
@@ -191,10 +199,11 @@ async fn closing_after_sending_neither_loses_the_answer_nor_cancels_the_publish(
     // A client that goes away entirely does not cancel the publish either: the event is
     // published (its retry will carry the same dedup key) and the answer is dropped.
     let body = br#"[{"type":"message-delivered","message":{"id":"gone-1"},"to":"+15550100"}]"#;
-    let mut request = post_head(&app, &format!("content-length: {}\r\n", body.len())).into_bytes();
-    request.extend_from_slice(body);
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-    stream.write_all(&request).await.expect("send the callback");
+    stream
+        .write_all(&post_request(&app, body))
+        .await
+        .expect("send the callback");
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut published = Vec::new();
