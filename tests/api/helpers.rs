@@ -10,6 +10,8 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -207,6 +209,17 @@ impl TestApp {
 }
 
 /// Lowercase hex SHA-256, computed here independently of the crate.
+/// Reads a raw connection until the server closes it; fails the test if that takes longer
+/// than `within`.
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    let mut response = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut response))
+        .await
+        .expect("the server answers and closes in time")
+        .expect("read the answer");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

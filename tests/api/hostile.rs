@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, spawn_app, test_settings};
+use crate::helpers::{TestApp, read_until_closed, spawn_app, test_settings};
 
 /// Writes `request` on a fresh connection and returns everything read until close or `wait`.
 async fn raw_exchange(app: &TestApp, request: &[u8], wait: Duration) -> (String, Duration) {
@@ -186,12 +186,7 @@ async fn closing_after_sending_neither_loses_the_answer_nor_cancels_the_publish(
         .expect("send the callback");
     // Done sending: shut the write side, as some clients do while they wait for the answer.
     stream.shutdown().await.expect("half-close");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .expect("answered within 5 s")
-        .expect("read the answer");
-    let response = String::from_utf8_lossy(&response);
+    let response = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let published = app.drain().await;
     assert_eq!(published.len(), 1, "the callback's one event is published");

@@ -6,11 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use hyper::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::common::{Forwarder, count_ids, delete_topology, forwarder_toml, http_client, send};
-use crate::helpers::{Answer, amqp_uri, broker, spawn_app, test_settings, unique};
+use crate::helpers::{
+    Answer, amqp_uri, broker, read_until_closed, spawn_app, test_settings, unique,
+};
 
 async fn inflight(app: &crate::helpers::TestApp) -> String {
     let metrics = app.get("/metrics").await;
@@ -61,12 +63,7 @@ async fn an_admitted_request_finishes_while_new_ones_get_503() {
     assert_eq!(refused.error_word(), "shutting_down");
 
     slow.write_all(&body[10..]).await.expect("rest of the body");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut response))
-        .await
-        .expect("answer within 10 s")
-        .expect("read");
-    let response = String::from_utf8_lossy(&response);
+    let response = read_until_closed(&mut slow, Duration::from_secs(10)).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     tokio::time::timeout(Duration::from_secs(15), stopped)
         .await
