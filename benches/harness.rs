@@ -6,7 +6,7 @@
 //! last lines estimate the best any forwarder could reach beside the same broker and clients.
 //!
 //! `cargo bench --bench harness -- [--seconds N] [--rounds N] [--concurrency 1,16,64,256]
-//! [--batches 1,10,100] [--pin] [--uri URI]`
+//! [--batches 1,10,100] [--pin] [--log-level LEVEL] [--forwarder PATH] [--uri URI]`
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -549,7 +549,7 @@ fn bare_server(
                             request.into_body().collect().await?;
                             tokio::time::sleep(confirm_time).await;
                             let answer =
-                                Bytes::from_static(br#"{"events":1,"status":"published"}"#);
+                                Bytes::from_static(br#"{"status":"published","events":1}"#);
                             Ok::<_, hyper::Error>(Response::new(Full::new(answer)))
                         });
                     let _ = hyper::server::conn::http1::Builder::new()
