@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,20 @@ use crate::shutdown::Lifecycle;
 const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Longest time spent telling a connection over `http.max_connections` to go away.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binds the HTTP listener with an accept queue of `backlog` connections (the kernel caps it at
+/// `net.core.somaxconn`). The usual 128 is too short for a burst of new connections: once it
+/// is full the kernel drops their SYNs, and each drop costs a client a second or more.
+fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// Answers a connection over the cap with a 503 and closes it, without reading the request.
 async fn refuse_connection(mut stream: TcpStream, retry_after_secs: u64) {
@@ -78,8 +92,13 @@ pub struct Application {
 impl Application {
     /// Binds the listener and starts connecting to the broker in the background.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&settings.http.listen)
-            .await
+        let backlog = u32::try_from(settings.http.max_connections).unwrap_or(u32::MAX);
+        let listener = settings
+            .http
+            .listen
+            .parse()
+            .map_err(std::io::Error::other)
+            .and_then(|addr| bind_listener(addr, backlog))
             .with_context(|| format!("binding http.listen = {}", settings.http.listen))?;
         if !settings.auth.enabled() {
             warn!(

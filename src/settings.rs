@@ -69,7 +69,7 @@ pub struct HttpSettings {
     pub drain_timeout_ms: u64,
     /// A client must send the whole body within this many milliseconds (else 408).
     pub body_read_timeout_ms: u64,
-    /// Open connections at most; more are answered 503 and closed.
+    /// Open connections at most; more are answered 503 and closed. Also the listen backlog.
     pub max_connections: usize,
     /// Request line plus headers at most, in bytes (else 431).
     pub max_header_bytes: usize,

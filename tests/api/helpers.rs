@@ -74,24 +74,50 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
 
 /// Starts a forwarder without waiting for the broker.
 pub async fn spawn_app_unready(settings: Settings) -> TestApp {
+    bind_app(settings).await.serve()
+}
+
+/// Builds a forwarder: its port is bound, but nothing accepts connections until `serve`.
+pub async fn bind_app(settings: Settings) -> BoundApp {
     let connection = broker().await;
     let channel = connection.create_channel().await.expect("test channel");
     let application = Application::build(settings.clone())
         .await
         .expect("build app");
-    let addr = application.local_addr().expect("local addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(application.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        addr,
+    BoundApp {
+        addr: application.local_addr().expect("local addr"),
+        application,
         settings,
         channel,
-        client: http_client(),
-        stop: Some(stop),
-        task: Some(task),
-        _connection: connection,
+        connection,
+    }
+}
+
+/// A forwarder that is bound and not yet serving.
+pub struct BoundApp {
+    pub addr: SocketAddr,
+    application: Application,
+    settings: Settings,
+    channel: Channel,
+    connection: Connection,
+}
+
+impl BoundApp {
+    /// Starts serving; the broker objects are cleaned up with the returned app.
+    pub fn serve(self) -> TestApp {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.application.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            addr: self.addr,
+            settings: self.settings,
+            channel: self.channel,
+            client: http_client(),
+            stop: Some(stop),
+            task: Some(task),
+            _connection: self.connection,
+        }
     }
 }
 

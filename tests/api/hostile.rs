@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, read_until_closed, spawn_app, test_settings};
+use crate::helpers::{TestApp, bind_app, read_until_closed, spawn_app, test_settings};
 
 /// Writes `request` on a fresh connection and returns everything read until close or `wait`.
 async fn raw_exchange(app: &TestApp, request: &[u8], wait: Duration) -> (String, Duration) {
@@ -246,6 +246,35 @@ async fn connections_over_the_cap_get_503_until_one_closes() {
     )
     .await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_new_connections_waits_in_the_accept_queue_and_is_served() {
+    // 300 connections at once, before the forwarder accepts any: past the usual accept queue
+    // of 128, beyond which the kernel drops SYNs and a client waits a second or more to retry.
+    let bound = bind_app(test_settings()).await;
+    let addr = bound.addr;
+    let connects =
+        (0..300).map(|_| tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)));
+    let streams: Vec<TcpStream> = join_all(connects)
+        .await
+        .into_iter()
+        .filter_map(|connect| connect.ok()?.ok())
+        .collect();
+    assert_eq!(streams.len(), 300, "connected while nothing accepted yet");
+    let app = bound.serve();
+    let answers = join_all(streams.into_iter().map(|mut stream| async move {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        read_until_closed(&mut stream, Duration::from_secs(10)).await
+    }))
+    .await;
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
     app.stop().await;
 }
 
