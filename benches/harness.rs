@@ -483,9 +483,12 @@ async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize
 /// after `confirm_time` (raw lapin's median at this concurrency) but publishes nothing: what the
 /// HTTP exchange alone costs on this machine at about the rate the broker allows.
 async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration) -> Cell {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // The forwarder's accept queue is `http.max_connections` (1024) long; so is this one.
+    let listener = tokio::net::TcpSocket::new_v4().expect("socket");
+    listener
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
     let addr = listener.local_addr().expect("address").to_string();
-    listener.set_nonblocking(true).expect("non-blocking");
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()
         .name("http-floor".into())
@@ -523,7 +526,7 @@ async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration) ->
 }
 
 fn bare_server(
-    listener: std::net::TcpListener,
+    listener: tokio::net::TcpSocket,
     confirm_time: Duration,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -536,7 +539,7 @@ fn bare_server(
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let listener = listener.listen(1024).expect("listen");
         let accept = async {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -611,11 +614,12 @@ async fn post_load(
                 let mut latencies = Vec::new();
                 let mut poster = None;
                 while !stop.load(Ordering::Relaxed) {
-                    let body = callback_body(&counter, batch);
-                    let started = Instant::now();
                     if poster.is_none() {
                         poster = Poster::connect(&addr).await.ok();
                     }
+                    // A keep-alive client's latency: connecting is not part of a request.
+                    let body = callback_body(&counter, batch);
+                    let started = Instant::now();
                     let status = match poster.as_mut() {
                         Some(p) => p.request("POST", path, body.as_bytes()).await.unwrap_or(0),
                         None => 0,
