@@ -158,7 +158,7 @@ async fn callback(
             let status = error.status();
             if let CallbackError::Publish(publish) = &error {
                 state.metrics.publish_failed(publish.code());
-                warn!(request_id, status = status.as_u16(), error = error.code(), %error, latency_ms, "callback not published");
+                warn!(request_id, status = status.as_u16(), error = error.code(), detail = %error, latency_ms, "callback not published");
             } else {
                 info!(
                     request_id,

@@ -6,6 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
+use lapin::options::ExchangeDeleteOptions;
 
 use crate::common::{Forwarder, broker, count_ids, delete_topology, http_client, send};
 use crate::helpers::{amqp_uri, unique};
@@ -92,4 +93,52 @@ async fn request_lines_carry_facts_but_no_secrets_or_text() {
     let channel = connection.create_channel().await.expect("channel");
     assert_eq!(count_ids(&channel, &queue).await.len(), 1);
     delete_topology(&channel, &queue, &exchange).await;
+}
+
+/// An unroutable event comes back from the broker whole; neither its text nor its bytes may
+/// reach the log, and the 503 line names the failure once.
+#[tokio::test]
+async fn unroutable_events_are_logged_without_their_body() {
+    let exchange = unique("ex");
+    let forwarder = Forwarder::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[amqp]\nuri = \"{}\"\nexchange = \"{exchange}\"\n\
+         queues = []\n",
+        amqp_uri()
+    ));
+    forwarder.wait_ready().await;
+    let body =
+        format!(r#"[{{"type":"message-received","message":{{"id":"logs-2","text":"{TEXT}"}}}}]"#);
+    let (status, answer) = post(&forwarder.url("/callbacks/bandwidth/messaging"), "", body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(answer.contains("unroutable"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let logs = forwarder.logs();
+    let text_as_bytes = TEXT
+        .bytes()
+        .map(|byte| byte.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for leak in [TEXT, text_as_bytes.as_str()] {
+        assert!(
+            !logs.contains(leak),
+            "`{leak}` leaked into the log:\n{logs}"
+        );
+    }
+    let failed = logs
+        .lines()
+        .find(|line| line.contains("callback not published"))
+        .unwrap_or_else(|| panic!("no request line in\n{logs}"));
+    assert_eq!(failed.matches(r#""error":"#).count(), 1, "{failed}");
+    let failed: serde_json::Value = serde_json::from_str(failed).expect("a JSON line");
+    assert_eq!(failed["status"], 503);
+    assert_eq!(failed["error"], "unroutable");
+    assert!(failed["detail"].is_string(), "{failed}");
+
+    let connection = broker().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete the exchange");
 }

@@ -90,15 +90,8 @@ async fn sigterm_under_load_answers_everything_and_exits_0() {
         "the log names the real port: {}",
         forwarder.addr
     );
+    forwarder.wait_ready().await;
     let client = http_client();
-    let readyz = forwarder.url("/readyz");
-    for _ in 0..300 {
-        let ready = send(&client, Method::GET, &readyz, &[], Bytes::new()).await;
-        if ready.is_some_and(|r| r.status == StatusCode::OK) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     let url = forwarder.url("/callbacks/bandwidth/messaging");
     let post = move |i: usize| {

@@ -312,6 +312,19 @@ impl Forwarder {
         }
     }
 
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let (client, readyz) = (http_client(), self.url("/readyz"));
+        for _ in 0..750 {
+            let ready = send(&client, Method::GET, &readyz, &[], Bytes::new()).await;
+            if ready.is_some_and(|answer| answer.status == StatusCode::OK) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("not ready after 15 s; logs:\n{}", self.logs());
+    }
+
     /// Everything it logged so far.
     pub fn logs(&self) -> String {
         self.logs
