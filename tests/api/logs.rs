@@ -50,14 +50,8 @@ async fn request_lines_carry_facts_but_no_secrets_or_text() {
     let body =
         format!(r#"[{{"type":"message-received","message":{{"id":"logs-1","text":"{TEXT}"}}}}]"#);
     let good = format!("Basic {}", STANDARD.encode(format!("bw:{PASSWORD}")));
-    let mut answered = (StatusCode::SERVICE_UNAVAILABLE, String::new());
-    for _ in 0..300 {
-        answered = post(&url, &good, body.clone()).await;
-        if answered.0 != StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    forwarder.wait_ready().await;
+    let answered = post(&url, &good, body.clone()).await;
     assert_eq!(answered.0, StatusCode::OK, "{}", answered.1);
     let bad = format!("Basic {}", STANDARD.encode(format!("bw:{PASSWORD}-wrong")));
     assert_eq!(post(&url, &bad, body).await.0, StatusCode::UNAUTHORIZED);
