@@ -7,7 +7,7 @@ use std::time::Duration;
 use bandwidth_forwarder::app::Application;
 use bandwidth_forwarder::settings::{QueueSettings, Secret, Settings};
 use bytes::Bytes;
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
 use tokio::io::AsyncReadExt;
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use crate::common::{Answer, Message, amqp_uri, broker, drain_queue, unique};
-use crate::common::{HttpClient, http_client, send};
+use crate::common::{HttpClient, READY_WITHIN, http_client, ready_within, send};
 
 /// The bytes of a fixture under `tests/fixtures/bandwidth/`.
 pub fn fixture(name: &str) -> Bytes {
@@ -132,18 +132,12 @@ impl TestApp {
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.get("/readyz").await.status == StatusCode::OK {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "forwarder not ready after 15 s: is RabbitMQ up at {}?",
-                amqp_uri()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let readyz = format!("http://{}/readyz", self.addr);
+        assert!(
+            ready_within(&self.client, &readyz, READY_WITHIN).await,
+            "forwarder not ready after {READY_WITHIN:?}: is RabbitMQ up at {}?",
+            amqp_uri()
+        );
     }
 
     pub async fn request(
@@ -234,7 +228,6 @@ impl TestApp {
     }
 }
 
-/// Lowercase hex SHA-256, computed here independently of the crate.
 /// Reads a raw connection until the server closes it; fails the test if that takes longer
 /// than `within`.
 pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
@@ -246,6 +239,7 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Stri
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// Lowercase hex SHA-256, computed here independently of the crate.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

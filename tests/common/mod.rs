@@ -84,6 +84,22 @@ pub async fn send(
     })
 }
 
+/// How long a forwarder may take to become ready in a test.
+pub const READY_WITHIN: Duration = Duration::from_secs(15);
+
+/// Polls `readyz` until it answers 200; false if it has not within `within`.
+pub async fn ready_within(client: &HttpClient, readyz: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        let answer = send(client, Method::GET, readyz, &[], Bytes::new()).await;
+        if answer.is_some_and(|answer| answer.status == StatusCode::OK) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// The broker the tests use; `TEST_AMQP_URI` overrides it.
 pub fn amqp_uri() -> String {
     std::env::var("TEST_AMQP_URI")
@@ -314,15 +330,12 @@ impl Forwarder {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        let (client, readyz) = (http_client(), self.url("/readyz"));
-        for _ in 0..750 {
-            let ready = send(&client, Method::GET, &readyz, &[], Bytes::new()).await;
-            if ready.is_some_and(|answer| answer.status == StatusCode::OK) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("not ready after 15 s; logs:\n{}", self.logs());
+        let ready = ready_within(&http_client(), &self.url("/readyz"), READY_WITHIN).await;
+        assert!(
+            ready,
+            "not ready after {READY_WITHIN:?}; logs:\n{}",
+            self.logs()
+        );
     }
 
     /// Everything it logged so far.
