@@ -5,6 +5,26 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::auth::BasicAuth;
+use crate::settings::AuthSettings;
+
+/// Who may post callbacks: the source allowlist and the accepted credentials. Built whole from
+/// `[auth]`, and replaced whole when SIGHUP re-reads the settings.
+pub struct Access {
+    pub sources: SourcePolicy,
+    pub auth: BasicAuth,
+}
+
+impl Access {
+    /// From `[auth]`; an entry that does not parse is an error, never an open allowlist.
+    pub fn new(settings: &AuthSettings) -> Result<Self, String> {
+        Ok(Self {
+            sources: SourcePolicy::new(&settings.allowed_sources, &settings.trusted_proxies)?,
+            auth: BasicAuth::new(settings),
+        })
+    }
+}
+
 /// Parses CIDRs (a bare address means that one host).
 pub fn parse_networks(list: &[String]) -> Result<Vec<IpNet>, String> {
     list.iter()
@@ -26,12 +46,13 @@ pub struct SourcePolicy {
 }
 
 impl SourcePolicy {
-    /// From validated settings; an unparsable entry was rejected at start.
-    pub fn new(allowed: &[String], trusted_proxies: &[String]) -> Self {
-        Self {
-            allowed: parse_networks(allowed).unwrap_or_default(),
-            trusted_proxies: parse_networks(trusted_proxies).unwrap_or_default(),
-        }
+    /// From CIDR lists; an entry that does not parse is an error naming its list.
+    pub fn new(allowed: &[String], trusted_proxies: &[String]) -> Result<Self, String> {
+        Ok(Self {
+            allowed: parse_networks(allowed).map_err(|e| format!("auth.allowed_sources: {e}"))?,
+            trusted_proxies: parse_networks(trusted_proxies)
+                .map_err(|e| format!("auth.trusted_proxies: {e}"))?,
+        })
     }
 
     /// Whether an allowlist is configured at all (if not, every source is allowed).
@@ -82,7 +103,7 @@ mod tests {
 
     fn policy(allowed: &[&str], proxies: &[&str]) -> SourcePolicy {
         let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        SourcePolicy::new(&owned(allowed), &owned(proxies))
+        SourcePolicy::new(&owned(allowed), &owned(proxies)).expect("valid networks")
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -134,5 +155,14 @@ mod tests {
         );
         assert!(parse_networks(&["10.0.0.0/40".into()]).is_err());
         assert!(parse_networks(&["example.com".into()]).is_err());
+    }
+
+    #[test]
+    fn an_entry_that_does_not_parse_fails_closed() {
+        let error = SourcePolicy::new(&["192.0.2.0/24".into(), "10.0.0.0/33".into()], &[])
+            .expect_err("a bad CIDR is an error, not an empty allowlist");
+        assert!(error.contains("auth.allowed_sources"), "{error}");
+        let error = SourcePolicy::new(&[], &["proxy".into()]).expect_err("a bad proxy is an error");
+        assert!(error.contains("auth.trusted_proxies"), "{error}");
     }
 }

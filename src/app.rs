@@ -3,10 +3,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -14,11 +16,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tracing::{debug, info, warn};
 
-use crate::access::SourcePolicy;
-use crate::auth::BasicAuth;
-use crate::http::{AppState, handle};
+use crate::access::Access;
+use crate::http::{AppState, error_body, handle, new_request_id};
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::settings::Settings;
@@ -45,11 +47,14 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener>
 
 /// Answers a connection over the cap with a 503 and closes it, without reading the request.
 async fn refuse_connection(mut stream: TcpStream, retry_after_secs: u64) {
-    let body =
-        r#"{"error":"too_many_connections","detail":"the server is at its connection limit"}"#;
+    let body = error_body(
+        "too_many_connections",
+        "the server is at its connection limit",
+    );
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {retry_after_secs}\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+         x-request-id: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        new_request_id(),
         body.len()
     );
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
@@ -59,8 +64,9 @@ async fn refuse_connection(mut stream: TcpStream, retry_after_secs: u64) {
     .await;
 }
 
-/// Builds the runtime `runtime.worker_threads` asks for and serves until SIGTERM/SIGINT.
-pub fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Builds the runtime `runtime.worker_threads` asks for and serves until SIGTERM/SIGINT;
+/// SIGHUP re-reads the settings from `config` (as at start) and applies the `[auth]` section.
+pub fn serve(settings: Settings, config: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = match settings.runtime.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -72,11 +78,28 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     .context("starting the async runtime")?;
     runtime.block_on(async {
-        Application::build(settings)
-            .await?
+        let hangups = crate::reload::hangups().context("installing the SIGHUP handler")?;
+        let application = Application::build(settings).await?;
+        tokio::spawn(crate::reload::on_hangup(
+            hangups,
+            config,
+            application.access_handle(),
+        ));
+        application
             .run_until_stopped(crate::shutdown::signal())
             .await
     })
+}
+
+/// Replaces the access rules (credentials, source allowlist) of a running application.
+#[derive(Clone)]
+pub struct AccessHandle(Arc<AppState>);
+
+impl AccessHandle {
+    /// Requests admitted from now on are judged by `access`.
+    pub fn replace(&self, access: Access) {
+        self.0.access.store(Arc::new(access));
+    }
 }
 
 /// A bound, running service.
@@ -84,6 +107,7 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     header_read_timeout: Duration,
+    write_timeout: Duration,
     drain_timeout: Duration,
     max_header_bytes: usize,
     connections: Arc<Semaphore>,
@@ -105,6 +129,7 @@ impl Application {
                 "auth.username and auth.password are empty: callbacks are accepted without credentials"
             );
         }
+        let access = Access::new(&settings.auth).map_err(anyhow::Error::msg)?;
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::start(&settings.amqp, metrics.clone()));
         let state = Arc::new(AppState {
@@ -113,11 +138,7 @@ impl Application {
             max_json_depth: settings.http.max_json_depth,
             body_read_timeout: Duration::from_millis(settings.http.body_read_timeout_ms),
             retry_after_secs: settings.http.retry_after_secs,
-            sources: SourcePolicy::new(
-                &settings.auth.allowed_sources,
-                &settings.auth.trusted_proxies,
-            ),
-            auth: BasicAuth::new(&settings.auth),
+            access: ArcSwap::from_pointee(access),
             publisher,
             metrics,
             lifecycle: Arc::new(Lifecycle::default()),
@@ -126,10 +147,16 @@ impl Application {
             listener,
             state,
             header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
+            write_timeout: Duration::from_millis(settings.http.write_timeout_ms),
             drain_timeout: Duration::from_millis(settings.http.drain_timeout_ms),
             max_header_bytes: settings.http.max_header_bytes,
             connections: Arc::new(Semaphore::new(settings.http.max_connections)),
         })
+    }
+
+    /// A handle that swaps the access rules while the application runs.
+    pub fn access_handle(&self) -> AccessHandle {
+        AccessHandle(self.state.clone())
     }
 
     /// The address actually bound (useful with port 0).
@@ -144,6 +171,7 @@ impl Application {
             listener,
             state,
             header_read_timeout,
+            write_timeout,
             drain_timeout,
             max_header_bytes,
             connections,
@@ -170,7 +198,12 @@ impl Application {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(state, peer.ip(), request).await) }
             });
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            // An answer the client does not read (its window full) fails the connection after
+            // `write_timeout` without progress, freeing the slot.
+            let mut stream = TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(write_timeout));
+            let io = TokioIo::new(Box::pin(stream));
+            let connection = graceful.watch(http.serve_connection(io, service));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     debug!(%error, "connection ended with an error");

@@ -8,6 +8,19 @@ use sha2::{Digest, Sha256};
 /// Routing key for a `type` outside `[a-z0-9-]{1,64}`.
 pub const UNKNOWN_ROUTING_KEY: &str = "unknown";
 
+/// The event types Bandwidth's messaging API sends today. Others are forwarded just the same;
+/// this list only bounds what metrics label by type.
+pub const KNOWN_TYPES: [&str; 8] = [
+    "message-received",
+    "message-sending",
+    "message-sent",
+    "message-delivered",
+    "message-failed",
+    "message-read",
+    "message-reaction",
+    "suggestion-response",
+];
+
 /// One event of a callback, with everything the publisher needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {

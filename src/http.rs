@@ -12,8 +12,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::access::SourcePolicy;
-use crate::auth::{BasicAuth, CHALLENGE};
+use arc_swap::ArcSwap;
+
+use crate::access::Access;
+use crate::auth::CHALLENGE;
 use crate::event::{InvalidCallback, parse_callback};
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher, ReceivedAt};
@@ -26,8 +28,8 @@ pub struct AppState {
     pub max_json_depth: usize,
     pub body_read_timeout: Duration,
     pub retry_after_secs: u64,
-    pub sources: SourcePolicy,
-    pub auth: BasicAuth,
+    /// Source allowlist and credentials; SIGHUP swaps in a new value.
+    pub access: ArcSwap<Access>,
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
@@ -40,6 +42,9 @@ impl AppState {
     }
 }
 
+/// The header that carries a request's id, in and out.
+const REQUEST_ID: &str = "x-request-id";
+
 /// Why a callback was not accepted; each variant is exactly one status.
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
@@ -49,6 +54,8 @@ pub enum CallbackError {
     Unauthorized,
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("Content-Encoding must be identity: the body is not decoded")]
+    UnsupportedEncoding,
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("the body could not be read: {0}")]
@@ -67,7 +74,9 @@ impl CallbackError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType | Self::UnsupportedEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Publish(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -80,31 +89,44 @@ impl CallbackError {
             Self::Unauthorized => "unauthorized",
             Self::BodyTimeout => "body_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedEncoding => "unsupported_encoding",
             Self::TooLarge(_) => "body_too_large",
             Self::BodyRead(_) => "body_read_error",
             Self::Invalid(invalid) => invalid.code(),
             Self::Publish(publish) => publish.code(),
         }
     }
+
+    /// The sentence the caller sees. A publish failure's cause (the broker's words, channel
+    /// state) is for the log line only: the caller gets a fixed sentence per error word.
+    fn detail(&self) -> String {
+        match self {
+            Self::Publish(publish) => publish.summary().to_owned(),
+            other => other.to_string(),
+        }
+    }
 }
 
-/// Routes one request.
+/// Routes one request; every answer carries the request's id.
 pub async fn handle(
     state: Arc<AppState>,
     peer: IpAddr,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let request_id = request_id(&request);
     let path = request.uri().path();
-    let response = if path == state.callback_path {
+    let is_probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let mut response = if path == state.callback_path {
         if request.method() == Method::POST {
-            return callback(state, peer, request).await;
+            callback(&state, peer, request, &request_id).await
+        } else {
+            method_not_allowed("POST")
         }
-        method_not_allowed("POST")
+    } else if is_probe && !read {
+        method_not_allowed("GET, HEAD")
     } else {
         match path {
-            "/healthz" | "/readyz" | "/metrics" if request.method() != Method::GET => {
-                method_not_allowed("GET")
-            }
             "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
             "/readyz" if state.ready() => json_response(StatusCode::OK, json!({"status": "ready"})),
             "/readyz" => with_retry_after(
@@ -119,31 +141,44 @@ pub async fn handle(
         }
     };
     state.metrics.request(response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     response
+}
+
+/// The caller's `X-Request-Id` when it is safe to log and echo, else a new one.
+fn request_id(request: &Request<Incoming>) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_safe_request_id(v))
+        .map(String::from)
+        .unwrap_or_else(new_request_id)
+}
+
+/// A random id for a request that brought none.
+pub fn new_request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
 }
 
 /// The callback: authenticate, read, validate the whole batch, publish, answer.
 async fn callback(
-    state: Arc<AppState>,
+    state: &AppState,
     peer: IpAddr,
     request: Request<Incoming>,
+    request_id: &str,
 ) -> Response<Full<Bytes>> {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_safe_request_id(v))
-        .map(String::from)
-        .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
     let started = Instant::now();
     state.metrics.inflight_requests.inc();
     let outcome = match state.lifecycle.enter() {
-        Some(_admitted) => accept(&state, peer, request).await,
+        Some(_admitted) => accept(state, peer, request).await,
         None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
     };
     state.metrics.inflight_requests.dec();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut response = match outcome {
+    match outcome {
         Ok(events) => {
             info!(
                 request_id,
@@ -170,12 +205,7 @@ async fn callback(
             }
             error_for(&error, state.retry_after_secs)
         }
-    };
-    state.metrics.request(response.status().as_u16());
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
     }
-    response
 }
 
 /// Everything between admission and the publisher's answer; `Ok` is the event count.
@@ -185,25 +215,30 @@ async fn accept(
     request: Request<Incoming>,
 ) -> Result<usize, CallbackError> {
     let headers = request.headers();
-    if state.sources.restricts() {
+    let access = state.access.load();
+    if access.sources.restricts() {
         let forwarded_for: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .map(|v| v.to_str().unwrap_or("invalid"))
             .collect();
-        if !state.sources.allows(peer, &forwarded_for) {
+        if !access.sources.allows(peer, &forwarded_for) {
             return Err(CallbackError::Forbidden);
         }
     }
-    if !state.auth.allows(
+    if !access.auth.allows(
         headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
     ) {
         return Err(CallbackError::Unauthorized);
     }
+    drop(access);
     if !is_json(headers.get(header::CONTENT_TYPE)) {
         return Err(CallbackError::UnsupportedMediaType);
+    }
+    if !is_identity(headers.get(header::CONTENT_ENCODING)) {
+        return Err(CallbackError::UnsupportedEncoding);
     }
     let declared_length = headers
         .get(header::CONTENT_LENGTH)
@@ -241,6 +276,19 @@ fn is_safe_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// No `Content-Encoding`, or only `identity`: the forwarder publishes the bytes it received,
+/// so a compressed body would be published compressed, or judged invalid JSON.
+fn is_identity(content_encoding: Option<&HeaderValue>) -> bool {
+    content_encoding.is_none_or(|value| {
+        value.to_str().is_ok_and(|codings| {
+            codings
+                .split(',')
+                .map(str::trim)
+                .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"))
+        })
+    })
+}
+
 /// `application/json`, optionally with parameters; a charset, if given, must be UTF-8.
 fn is_json(content_type: Option<&HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
@@ -261,12 +309,18 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 }
 
 fn error_for(error: &CallbackError, retry_after_secs: u64) -> Response<Full<Bytes>> {
-    let mut response = error_response(error.status(), error.code(), &error.to_string());
+    let mut response = error_response(error.status(), error.code(), &error.detail());
     match error {
         CallbackError::Unauthorized => {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(CHALLENGE),
+            );
+        }
+        CallbackError::UnsupportedEncoding => {
+            response.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
             );
         }
         CallbackError::Publish(_) => response = with_retry_after(response, retry_after_secs),
@@ -295,8 +349,12 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// The contract's error body: `{"error": word, "detail": sentence}`.
+pub fn error_body(code: &str, detail: &str) -> String {
+    json!({"error": code, "detail": detail}).to_string()
+}
+
 fn error_response(status: StatusCode, code: &str, detail: &str) -> Response<Full<Bytes>> {
-    json_response(status, json!({"error": code, "detail": detail}))
+    json_text_response(status, error_body(code, detail))
 }
 
 /// `{"status":"published","events":n}`, the answer to every accepted callback, written
@@ -358,6 +416,29 @@ mod tests {
             .to_bytes();
         let value: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
         assert_eq!(value, json!({"status": "published", "events": 3}));
+    }
+
+    #[test]
+    fn only_identity_content_encoding_is_accepted() {
+        let ce = |value: &str| is_identity(Some(&HeaderValue::from_str(value).expect("header")));
+        assert!(is_identity(None));
+        assert!(ce("identity"));
+        assert!(ce("Identity"));
+        assert!(ce(""));
+        assert!(!ce("gzip"));
+        assert!(!ce("identity, gzip"));
+        assert!(!ce("br"));
+        assert!(!is_identity(Some(
+            &HeaderValue::from_bytes(b"\xffgzip").expect("header")
+        )));
+    }
+
+    #[test]
+    fn publish_failures_show_a_fixed_sentence_and_keep_the_cause_for_the_log() {
+        let cause = "AMQP hard error: FRAME-ERROR frame_too_large";
+        let error = CallbackError::Publish(PublishError::ChannelClosed(cause.into()));
+        assert!(!error.detail().contains("FRAME"), "{}", error.detail());
+        assert!(error.to_string().contains(cause), "the log line keeps it");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod publisher;
+pub mod reload;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

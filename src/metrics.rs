@@ -9,11 +9,26 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// One label, by name and value. Statuses and failure reasons are fixed values, so counting
-/// them allocates nothing; event types come from the callbacks.
+use crate::event::KNOWN_TYPES;
+
+/// The `type` label of an event type outside [`KNOWN_TYPES`].
+pub const OTHER_TYPE: &str = "other";
+
+/// One label, by name and value. Every value comes from a fixed set (a caller's event type is
+/// mapped onto the known types or `other`), so the series are bounded and counting allocates
+/// nothing.
 type StatusLabel = [(&'static str, u16); 1];
-type TypeLabel = [(&'static str, String); 1];
+type TypeLabel = [(&'static str, &'static str); 1];
 type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// The label for an event type: itself if Bandwidth documents it, else `other`.
+pub fn type_label(kind: &str) -> &'static str {
+    KNOWN_TYPES
+        .iter()
+        .find(|known| **known == kind)
+        .copied()
+        .unwrap_or(OTHER_TYPE)
+}
 
 /// Every metric the service exposes, registered once at start.
 pub struct Metrics {
@@ -120,7 +135,7 @@ impl Metrics {
     /// Counts events confirmed for one event type.
     pub fn published(&self, kind: &str, count: u64) {
         self.events_published
-            .get_or_create(&[("type", kind.to_owned())])
+            .get_or_create(&[("type", type_label(kind))])
             .inc_by(count);
     }
 
@@ -162,5 +177,27 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing `{needle}` in\n{text}");
         }
+    }
+
+    #[test]
+    fn event_types_outside_the_known_set_share_one_series() {
+        let m = Metrics::new();
+        for known in KNOWN_TYPES {
+            m.published(known, 1);
+        }
+        for i in 0..1_000 {
+            m.published(&format!("made-up-{i}"), 1);
+        }
+        m.published(&"x".repeat(10_000), 1);
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("forwarder_events_published_total{"))
+            .count();
+        assert_eq!(series, KNOWN_TYPES.len() + 1, "{text}");
+        assert!(
+            text.contains("forwarder_events_published_total{type=\"other\"} 1001"),
+            "{text}"
+        );
     }
 }

@@ -69,6 +69,9 @@ pub struct HttpSettings {
     pub drain_timeout_ms: u64,
     /// A client must send the whole body within this many milliseconds (else 408).
     pub body_read_timeout_ms: u64,
+    /// An answer that makes no progress for this many milliseconds (the client does not read)
+    /// closes the connection and frees its slot.
+    pub write_timeout_ms: u64,
     /// Open connections at most; more are answered 503 and closed. Also the listen backlog.
     pub max_connections: usize,
     /// Request line plus headers at most, in bytes (else 431).
@@ -87,6 +90,7 @@ impl Default for HttpSettings {
             header_read_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            write_timeout_ms: 5_000,
             max_connections: 1024,
             max_header_bytes: 16_384,
             max_json_depth: 32,
@@ -336,6 +340,7 @@ impl Settings {
                 "http.body_read_timeout_ms",
                 self.http.body_read_timeout_ms as usize,
             ),
+            ("http.write_timeout_ms", self.http.write_timeout_ms as usize),
             ("http.max_connections", self.http.max_connections),
             ("http.max_json_depth", self.http.max_json_depth),
         ] {
@@ -562,6 +567,7 @@ mod tests {
         );
         rejects(|s| s.http.max_connections = 0, "http.max_connections");
         rejects(|s| s.http.max_json_depth = 0, "http.max_json_depth");
+        rejects(|s| s.http.write_timeout_ms = 0, "http.write_timeout_ms");
         rejects(
             |s| s.auth.credentials = vec![Credential::default()],
             "auth.credentials",

@@ -8,6 +8,7 @@
 //! matched to its request by `message_id` rather than by which confirm lapin attached it to.
 
 mod connection;
+pub mod message;
 mod topology;
 mod worker;
 
@@ -60,6 +61,20 @@ impl PublishError {
             Self::Unroutable => "unroutable",
             Self::ChannelClosed(_) => "channel_closed",
             Self::Timeout => "confirm_timeout",
+        }
+    }
+
+    /// A fixed sentence per error word, for the caller; the cause stays in the log line.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "the broker is not reachable; retry later",
+            Self::Blocked => "the broker is not accepting messages now; retry later",
+            Self::ShuttingDown => "this instance is shutting down; retry",
+            Self::Overloaded => "too many callbacks are waiting for the broker; retry later",
+            Self::Nacked => "the broker did not accept an event; retry",
+            Self::Unroutable => "an event matched no queue; retry once a queue is bound",
+            Self::ChannelClosed(_) => "the broker channel closed before every confirm; retry",
+            Self::Timeout => "the broker did not confirm in time; retry",
         }
     }
 }

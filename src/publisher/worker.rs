@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::types::ShortString;
+use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Job, PublishError, ReceivedAt, Shared};
-use crate::event::Event;
+use super::message::{properties, routing_key};
+use super::{Job, PublishError, Shared};
 use crate::settings::AmqpSettings;
 
 /// Pause before retrying a channel that failed to open.
@@ -320,41 +320,12 @@ async fn fail_remaining(jobs: &async_channel::Receiver<Job>) {
     }
 }
 
-fn routing_key(event: &Event) -> ShortString {
-    // Routing keys are at most 64 bytes by construction.
-    ShortString::from(event.routing_key.as_str())
-}
-
-/// The AMQP properties and headers of the contract.
-fn properties(event: &Event, received: &ReceivedAt) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    let text = |value: &str| AMQPValue::LongString(LongString::from(value));
-    headers.insert("x-deduplication-header".into(), text(&event.dedup_key));
-    headers.insert("x-bandwidth-event-type".into(), text(&event.kind));
-    headers.insert("x-received-at".into(), text(&received.rfc3339));
-    if let Some(id) = &event.message_id {
-        headers.insert("x-bandwidth-message-id".into(), text(id));
-    }
-    if let Some(time) = &event.time {
-        headers.insert("x-bandwidth-event-time".into(), text(time));
-    }
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_message_id(ShortString::from(event.dedup_key.as_str()))
-        .with_timestamp(received.unix_secs)
-        .with_app_id("bandwidth-forwarder".into())
-        .with_headers(headers);
-    // The `type` property is a short string; a longer type still travels in the header.
-    match ShortString::try_new(event.kind.as_str()) {
-        Ok(kind) => properties.with_type(kind),
-        Err(_) => properties,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::ReceivedAt;
     use super::*;
+    use crate::event::Event;
+    use lapin::BasicProperties;
     use lapin::message::{BasicReturnMessage, Delivery};
 
     fn job(keys: &[&str]) -> Job {

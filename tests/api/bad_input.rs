@@ -102,6 +102,45 @@ async fn wrong_content_type_gets_415() {
 }
 
 #[tokio::test]
+async fn a_content_encoding_other_than_identity_gets_415() {
+    let app = spawn_app(test_settings()).await;
+    let body = Bytes::from_static(br#"[{"type":"message-sent"}]"#);
+    // A plain body labelled gzip would be published as if it were compressed, and a compressed
+    // one would be judged invalid JSON: neither is read.
+    for encoding in ["gzip", "br", "identity, gzip", "deflate"] {
+        let headers = [
+            ("content-type", "application/json"),
+            ("content-encoding", encoding),
+        ];
+        let answer = app
+            .request(Method::POST, &app.callback_url(), &headers, body.clone())
+            .await;
+        assert_eq!(
+            answer.headers.get("accept-encoding").map(|v| v.as_bytes()),
+            Some(&b"identity"[..]),
+            "{encoding}"
+        );
+        assert_rejected(
+            &app,
+            answer,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+        )
+        .await;
+    }
+    let identity = [
+        ("content-type", "application/json"),
+        ("content-encoding", "identity"),
+    ];
+    let answer = app
+        .request(Method::POST, &app.callback_url(), &identity, body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn other_methods_and_paths_get_405_and_404() {
     let app = spawn_app(test_settings()).await;
     let body = Bytes::from_static(br#"[{"type":"message-sent"}]"#);

@@ -199,6 +199,13 @@ async fn a_deleted_exchange_is_declared_again_after_one_503() {
         .expect("delete the exchange under the forwarder");
     let answer = app.post_callback(r#"[{"type":"message-sent"}]"#).await;
     assert_503_with_retry_after(&answer, "channel_closed");
+    // The broker's words (`NOT_FOUND - no exchange …`) are for the log, not the caller.
+    assert_eq!(
+        answer.json()["detail"],
+        "the broker channel closed before every confirm; retry",
+        "{:?}",
+        answer.body
+    );
     let mut recovered = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -2,7 +2,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::StatusCode;
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::{Message, fixture, fixture_names, sha256_hex, spawn_app, test_settings};
@@ -192,16 +193,29 @@ async fn unknown_and_odd_types_are_forwarded() {
 }
 
 #[tokio::test]
-async fn a_type_too_long_for_the_type_property_still_travels_in_the_header() {
+async fn a_type_is_copied_into_property_and_header_up_to_255_bytes_and_left_out_past_it() {
     let app = spawn_app(test_settings()).await;
-    let kind = "x".repeat(300);
-    let answer = app.post_callback(format!(r#"{{"type":"{kind}"}}"#)).await;
-    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let at_bound = "x".repeat(255);
+    let over = "x".repeat(256);
+    for kind in [&at_bound, &over] {
+        let answer = app.post_callback(format!(r#"{{"type":"{kind}"}}"#)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    }
     let messages = app.drain().await;
-    assert_eq!(messages.len(), 1);
+    assert_eq!(messages.len(), 2);
     assert_eq!(messages[0].routing_key, "unknown");
-    assert_eq!(messages[0].properties.kind(), &None);
-    assert_eq!(messages[0].header("x-bandwidth-event-type"), Some(kind));
+    assert_eq!(
+        messages[0].properties.kind().as_ref().map(|k| k.as_str()),
+        Some(at_bound.as_str())
+    );
+    assert_eq!(messages[0].header("x-bandwidth-event-type"), Some(at_bound));
+    assert_eq!(messages[1].routing_key, "unknown");
+    assert_eq!(messages[1].properties.kind(), &None);
+    assert_eq!(messages[1].header("x-bandwidth-event-type"), None);
+    assert_eq!(
+        messages[1].body,
+        format!(r#"{{"type":"{over}"}}"#).as_bytes()
+    );
     app.stop().await;
 }
 
@@ -229,5 +243,81 @@ async fn health_and_metrics_endpoints_answer() {
         assert!(text.contains(needle), "missing `{needle}` in\n{text}");
     }
     app.drain().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_answer_carries_exactly_one_request_id_and_echoes_the_callers() {
+    let app = spawn_app(test_settings()).await;
+    let base = format!("http://{}", app.addr);
+    let callback = app.callback_url();
+    let json = ("content-type", "application/json");
+    type Case<'a> = (Method, String, Vec<(&'a str, &'a str)>, &'a [u8]);
+    let cases: Vec<Case> = vec![
+        (Method::GET, format!("{base}/healthz"), vec![], b""),
+        (Method::GET, format!("{base}/readyz"), vec![], b""),
+        (Method::GET, format!("{base}/metrics"), vec![], b""),
+        (Method::HEAD, format!("{base}/healthz"), vec![], b""),
+        (Method::GET, format!("{base}/nowhere"), vec![], b""),
+        (Method::POST, format!("{base}/healthz"), vec![], b""),
+        (Method::GET, callback.clone(), vec![], b""),
+        (Method::POST, callback.clone(), vec![json], b"nope"),
+        (
+            Method::POST,
+            callback.clone(),
+            vec![json],
+            br#"[{"type":"message-sent"}]"#,
+        ),
+    ];
+    for (method, url, headers, body) in cases {
+        let what = format!("{method} {url}");
+        let answer = app
+            .request(method.clone(), &url, &headers, Bytes::from_static(body))
+            .await;
+        let ids: Vec<_> = answer.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{what}: {ids:?}");
+        assert!(!ids[0].is_empty(), "{what}");
+
+        let mut with_id = headers.clone();
+        with_id.push(("x-request-id", "bw-trace-42"));
+        let answer = app
+            .request(method, &url, &with_id, Bytes::from_static(body))
+            .await;
+        let ids: Vec<_> = answer.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["bw-trace-42"], "{what}");
+    }
+    app.drain().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn head_is_answered_wherever_get_is() {
+    let app = spawn_app(test_settings()).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let url = format!("http://{}{path}", app.addr);
+        let get = app.request(Method::GET, &url, &[], Bytes::new()).await;
+        let head = app.request(Method::HEAD, &url, &[], Bytes::new()).await;
+        assert_eq!(head.status, StatusCode::OK, "{path}");
+        assert_eq!(head.status, get.status, "{path}");
+        assert!(head.body.is_empty(), "{path}: HEAD has no body");
+        assert_eq!(
+            head.headers.get("content-type"),
+            get.headers.get("content-type"),
+            "{path}"
+        );
+    }
+    let answer = app
+        .request(
+            Method::PUT,
+            &format!("http://{}/healthz", app.addr),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        answer.headers.get("allow").map(|v| v.as_bytes()),
+        Some(&b"GET, HEAD"[..])
+    );
     app.stop().await;
 }

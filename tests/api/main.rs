@@ -10,6 +10,7 @@ mod common;
 mod compose;
 mod helpers;
 mod hostile;
+mod isolation;
 mod logs;
 mod properties;
 mod shutdown;

@@ -84,6 +84,23 @@ pub async fn send(
     })
 }
 
+/// The value of one series in a Prometheus text exposition, matched by its whole name and
+/// labels (`forwarder_broker_reconnects_total`, `x_total{type="a"}`); `None` when absent.
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().expect("a number"))
+    })
+}
+
+/// How many series of metric family `name` an exposition holds.
+pub fn series_count(exposition: &str, name: &str) -> usize {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with('{'))
+        .count()
+}
+
 /// How long a forwarder may take to become ready in a test.
 pub const READY_WITHIN: Duration = Duration::from_secs(15);
 
@@ -297,6 +314,24 @@ impl Forwarder {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Replaces its settings file (as `start` wrote it), e.g. before a SIGHUP.
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(&self.config, format!("{toml}\n[log]\nformat = \"json\"\n"))
+            .expect("rewrite config");
+    }
+
+    /// Resident memory now, in bytes (from `/proc`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the process is alive");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
     }
 
     pub fn url(&self, path: &str) -> String {
