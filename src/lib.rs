@@ -1,8 +1,10 @@
 //! bandwidth-forwarder: Bandwidth messaging callbacks in, confirmed RabbitMQ messages out.
 
 pub mod access;
+pub mod amqp;
 pub mod app;
 pub mod auth;
+pub mod consumer;
 pub mod event;
 pub mod http;
 pub mod metrics;

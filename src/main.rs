@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use bandwidth_forwarder::consumer::{self, ConsumeOptions};
 use bandwidth_forwarder::{app, settings::Settings, telemetry};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Receives Bandwidth messaging callbacks and publishes each event to RabbitMQ.
 #[derive(Parser)]
@@ -23,6 +25,59 @@ enum Command {
     Serve,
     /// Print the effective configuration with secrets redacted, or what is wrong with it.
     CheckConfig,
+    /// Consume events from a queue of your own and run a handler for each.
+    Consume(ConsumeArgs),
+}
+
+/// `consume`'s flags.
+#[derive(Args)]
+struct ConsumeArgs {
+    /// The durable quorum queue to declare and consume (its dead letters go to NAME.dead).
+    #[arg(long, value_name = "NAME")]
+    queue: String,
+    /// Binding key on the exchange (`message.delivered`, `message.*`, `#`); repeatable.
+    #[arg(long = "bind", value_name = "KEY", required = true)]
+    bindings: Vec<String>,
+    /// Run CMD through `sh -c` per event, body on stdin; default: one JSON line on stdout.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// Events held unacknowledged at most (default 2 × concurrency).
+    #[arg(long, value_name = "N")]
+    prefetch: Option<u16>,
+    /// Handlers running at once; 1 keeps the queue's order.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Deliveries of an event before it is dead-lettered.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_attempts: u32,
+    /// A handler running longer is killed (its process group) and the event retried.
+    #[arg(long, value_name = "N", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    handler_timeout_ms: u64,
+}
+
+/// Keys remembered for duplicate detection, at most.
+const WINDOW_ENTRIES: usize = 100_000;
+/// How long a handled key is remembered: Bandwidth's retry window.
+const WINDOW_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl ConsumeArgs {
+    fn into_options(self) -> ConsumeOptions {
+        let concurrency = usize::from(self.concurrency);
+        ConsumeOptions {
+            queue: self.queue,
+            bindings: self.bindings,
+            exec: self.exec,
+            prefetch: self
+                .prefetch
+                .unwrap_or(self.concurrency.saturating_mul(2))
+                .max(self.concurrency),
+            concurrency,
+            max_attempts: self.max_attempts,
+            handler_timeout: Duration::from_millis(self.handler_timeout_ms),
+            window_entries: WINDOW_ENTRIES,
+            window_age: WINDOW_AGE,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -34,12 +89,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        print!("{}", settings.to_redacted_toml());
-        return ExitCode::SUCCESS;
-    }
-    telemetry::init(&settings.log);
-    match app::serve(settings, cli.config) {
+    let outcome = match cli.command {
+        Some(Command::CheckConfig) => {
+            print!("{}", settings.to_redacted_toml());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Consume(args)) => {
+            telemetry::init(&settings.log);
+            consumer::consume(settings, args.into_options())
+        }
+        Some(Command::Serve) | None => {
+            telemetry::init(&settings.log);
+            app::serve(settings, cli.config)
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

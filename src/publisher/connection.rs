@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Shared, topology};
+use crate::amqp::{Backoff, connect_any};
 use crate::settings::{AmqpSettings, redact_uri};
 
 /// How often a live connection's status is checked besides its events.
@@ -30,8 +31,10 @@ pub(super) async fn supervise(
     let mut next_uri = 0;
     let mut backoff = Backoff::new(&settings);
     let mut connections_opened = 0u64;
+    let topology = topology::ForwarderTopology(&settings);
     while !stop.is_cancelled() {
-        let Some((connection, index)) = connect_any(&uris, next_uri, &settings, &stop).await else {
+        let connected = connect_any(&uris, next_uri, &settings, &stop, &topology).await;
+        let Some((connection, index)) = connected.ok().flatten() else {
             let delay = backoff.next_delay();
             warn!(
                 retry_in_ms = delay.as_millis() as u64,
@@ -117,92 +120,4 @@ pub(super) async fn supervise(
         next_uri = (index + 1) % uris.len();
     }
     info!("broker connection closed");
-}
-
-/// The first URI, starting at `first`, that connects and accepts the topology.
-async fn connect_any(
-    uris: &[String],
-    first: usize,
-    settings: &AmqpSettings,
-    stop: &CancellationToken,
-) -> Option<(Connection, usize)> {
-    for offset in 0..uris.len() {
-        let index = (first + offset) % uris.len();
-        let uri = &uris[index];
-        let attempt = async {
-            let connection = Connection::connect(uri, properties())
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Err(error) = topology::declare(&connection, settings).await {
-                let _ = connection.close(200, "topology failed".into()).await;
-                return Err(error);
-            }
-            Ok(connection)
-        };
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return None,
-            outcome = tokio::time::timeout(settings.publish_timeout().max(Duration::from_secs(2)), attempt) => outcome,
-        };
-        match outcome {
-            Ok(Ok(connection)) => return Some((connection, index)),
-            Ok(Err(error)) => warn!(uri = %redact_uri(uri), %error, "broker connection failed"),
-            Err(_) => warn!(uri = %redact_uri(uri), "broker connection timed out"),
-        }
-    }
-    None
-}
-
-fn properties() -> ConnectionProperties {
-    ConnectionProperties::default().with_connection_name("bandwidth-forwarder".into())
-}
-
-/// Exponential backoff with full jitter between `initial` and `max`.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(settings: &AmqpSettings) -> Self {
-        let initial = Duration::from_millis(settings.reconnect_initial_ms);
-        Self {
-            initial,
-            max: Duration::from_millis(settings.reconnect_max_ms),
-            current: initial,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.initial;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let jitter_ms = fastrand::u64(0..=ceiling.as_millis() as u64 / 2);
-        ceiling / 2 + Duration::from_millis(jitter_ms)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_resets() {
-        let settings = AmqpSettings {
-            reconnect_initial_ms: 100,
-            reconnect_max_ms: 800,
-            ..AmqpSettings::default()
-        };
-        let mut backoff = Backoff::new(&settings);
-        let delays: Vec<Duration> = (0..6).map(|_| backoff.next_delay()).collect();
-        for (delay, ceiling) in delays.iter().zip([100, 200, 400, 800, 800, 800]) {
-            assert!(*delay >= Duration::from_millis(ceiling / 2), "{delays:?}");
-            assert!(*delay <= Duration::from_millis(ceiling), "{delays:?}");
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
 }

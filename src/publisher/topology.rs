@@ -1,10 +1,30 @@
 //! Declares the exchange and the configured quorum queues, so a fresh install loses nothing.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Connection, ExchangeKind};
+use futures_util::future::BoxFuture;
+use lapin::Connection;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
 
+use crate::amqp::{DeclareError, Topology, declare_exchange, quorum_arguments};
 use crate::settings::AmqpSettings;
+
+/// The exchange and `amqp.queues`, as `serve` declares them.
+pub(super) struct ForwarderTopology<'a>(pub &'a AmqpSettings);
+
+impl Topology for ForwarderTopology<'_> {
+    fn declare<'a>(
+        &'a self,
+        connection: &'a Connection,
+    ) -> BoxFuture<'a, Result<(), DeclareError>> {
+        // A running forwarder keeps retrying whatever the broker says: it must not exit because
+        // a queue's arguments changed under it (each warning names the argument).
+        Box::pin(async move {
+            declare(connection, self.0)
+                .await
+                .map_err(DeclareError::Retry)
+        })
+    }
+}
 
 /// Declares everything on a short-lived channel; an error says which object failed.
 pub(super) async fn declare(
@@ -15,23 +35,8 @@ pub(super) async fn declare(
         .create_channel()
         .await
         .map_err(|e| format!("opening a channel: {e}"))?;
-    channel
-        .exchange_declare(
-            ShortString::from(settings.exchange.as_str()),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("declaring exchange `{}`: {e}", settings.exchange))?;
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
+    declare_exchange(&channel, &settings.exchange).await?;
+    let quorum = quorum_arguments();
     for queue in &settings.queues {
         channel
             .queue_declare(

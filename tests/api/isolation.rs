@@ -171,6 +171,8 @@ async fn clients_that_never_read_lose_their_slots_to_a_well_behaved_one() {
     let mut settings = test_settings();
     settings.http.max_connections = 3;
     settings.http.write_timeout_ms = 500;
+    // Far beyond this test's deadline, so only the write timeout can free a slot.
+    settings.http.header_read_timeout_ms = 60_000;
     let app = spawn_app(settings).await;
     let mut pipeliners = Vec::new();
     for _ in 0..3 {
@@ -186,7 +188,7 @@ async fn clients_that_never_read_lose_their_slots_to_a_well_behaved_one() {
     let started = Instant::now();
     let answer = loop {
         let answer = post_once(&app, body).await;
-        if answer.starts_with("HTTP/1.1 200") || started.elapsed() > Duration::from_secs(10) {
+        if answer.starts_with("HTTP/1.1 200") || started.elapsed() > Duration::from_secs(5) {
             break answer;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -311,7 +313,7 @@ async fn one_hostile_client_never_hurts_the_valid_callbacks_beside_it() {
     let (exchange, queue) = (unique("ex"), unique("q"));
     let toml = forwarder_toml(&crate::common::amqp_uri(), &exchange, &queue, 3_000).replacen(
         "[http]\n",
-        "[http]\nwrite_timeout_ms = 1000\n",
+        "[http]\nwrite_timeout_ms = 1000\nheader_read_timeout_ms = 60000\n",
         1,
     );
     let forwarder = Arc::new(Forwarder::start(&toml));

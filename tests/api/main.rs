@@ -8,6 +8,7 @@ mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod compose;
+mod consume;
 mod helpers;
 mod hostile;
 mod isolation;

@@ -264,52 +264,135 @@ pub async fn delete_topology(channel: &Channel, queue: &str, exchange: &str) {
 /// The real binary, started with a generated config file and JSON logs.
 pub struct Forwarder {
     child: Child,
-    /// The address from its `listening` log line.
+    /// The address from its `listening` log line (empty for `consume`).
     pub addr: String,
     logs: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
     config: PathBuf,
 }
 
+/// Collects a child's output lines; sends a JSON line whose `message` is `ready` on `tx`.
+fn collect_lines(
+    from: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+    ready: Option<(&'static str, std::sync::mpsc::Sender<serde_json::Value>)>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if let Some((message, tx)) = &ready
+                && let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                && json["message"] == *message
+            {
+                let _ = tx.send(json);
+            }
+            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+}
+
+/// Writes a settings file for the binary: `toml` plus JSON logs.
+fn write_config(toml: &str) -> PathBuf {
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("forwarder")));
+    std::fs::write(&config, format!("{toml}\n[log]\nformat = \"json\"\n")).expect("write config");
+    config
+}
+
 impl Forwarder {
-    /// Starts the binary with `toml` (which should set `http.listen = "127.0.0.1:0"`).
+    /// Starts `serve` with `toml` (which should set `http.listen = "127.0.0.1:0"`), once it
+    /// logs `listening`.
     pub fn start(toml: &str) -> Self {
-        let config = std::env::temp_dir().join(format!("{}.toml", unique("forwarder")));
-        std::fs::write(&config, format!("{toml}\n[log]\nformat = \"json\"\n"))
-            .expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
-            .args(["serve", "--config"])
+        Self::spawn(&["serve"], toml, "listening")
+    }
+
+    /// Starts `consume ARGS` with `toml`, once it logs `consuming`.
+    pub fn consume(toml: &str, args: &[&str]) -> Self {
+        Self::spawn(&[&["consume"], args].concat(), toml, "consuming")
+    }
+
+    /// Runs `consume ARGS` with `toml` to its end, which must come within `within`: exit code
+    /// and everything it logged.
+    pub async fn consume_to_exit(
+        toml: &str,
+        args: &[&str],
+        within: Duration,
+    ) -> (Option<i32>, String) {
+        let mut consumer = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"));
+        consumer.arg("consume").args(args);
+        let config = write_config(toml);
+        let mut child = consumer
+            .arg("--config")
             .arg(&config)
-            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start the binary");
-        let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                    && json["message"] == "listening"
-                {
-                    let _ = addr_tx.send(json["listen"].as_str().unwrap_or_default().to_owned());
-                }
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        collect_lines(child.stderr.take().expect("stderr"), logs.clone(), None);
+        let deadline = tokio::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
             }
-        });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(addr) => addr,
-            Err(_) => panic!(
-                "no `listening` log line; logs:\n{}",
-                logs.lock().expect("logs").join("\n")
-            ),
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "still running after {within:?}; logs:\n{}",
+                    logs.lock().expect("logs").join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        Self {
+        let _ = std::fs::remove_file(&config);
+        // The reader thread sees the pipe close right after the exit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let logged = logs.lock().expect("logs").join("\n");
+        (status.code(), logged)
+    }
+
+    fn spawn(args: &[&str], toml: &str, ready: &'static str) -> Self {
+        let config = write_config(toml);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        collect_lines(
+            child.stderr.take().expect("stderr"),
+            logs.clone(),
+            Some((ready, ready_tx)),
+        );
+        collect_lines(child.stdout.take().expect("stdout"), stdout.clone(), None);
+        let mut forwarder = Self {
             child,
-            addr,
+            addr: String::new(),
             logs,
+            stdout,
             config,
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) => line["listen"]
+                .as_str()
+                .unwrap_or_default()
+                .clone_into(&mut forwarder.addr),
+            Err(_) => panic!("no `{ready}` log line; logs:\n{}", forwarder.logs()),
         }
+        forwarder
+    }
+
+    /// Every line it wrote on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn pid(&self) -> u32 {
