@@ -28,8 +28,35 @@ pub trait Topology: Sync {
     -> BoxFuture<'a, Result<(), DeclareError>>;
 }
 
+/// Connects to the first URI, starting at `first`, that accepts `topology`, rounds apart by
+/// `backoff`; `Ok(None)` once `stop` fires, `Err` when the topology can never be declared.
+pub async fn connect(
+    uris: &[String],
+    first: usize,
+    settings: &AmqpSettings,
+    stop: &CancellationToken,
+    topology: &impl Topology,
+    backoff: &mut Backoff,
+) -> Result<Option<(Connection, usize)>, String> {
+    loop {
+        if let Some(connected) = connect_any(uris, first, settings, stop, topology).await? {
+            backoff.reset();
+            return Ok(Some(connected));
+        }
+        let delay = backoff.next_delay();
+        warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            "no broker reachable"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// The first URI, starting at `first`, that connects and accepts `topology`; `Ok(None)` when none did this round (or `stop` fired), `Err` on a fatal declare.
-pub async fn connect_any(
+async fn connect_any(
     uris: &[String],
     first: usize,
     settings: &AmqpSettings,

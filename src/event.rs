@@ -130,19 +130,10 @@ fn nesting_exceeds(body: &[u8], max: usize) -> bool {
     if body.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
         return false;
     }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in body {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    for (byte, in_string) in with_string_flags(body) {
         match byte {
-            b'"' => in_string = true,
+            _ if in_string => {}
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -154,6 +145,26 @@ fn nesting_exceeds(body: &[u8], max: usize) -> bool {
         }
     }
     false
+}
+
+/// Each byte of `json` with whether it belongs to a string (its quotes included), so that
+/// structure can be read without parsing. Exact for valid JSON.
+pub fn with_string_flags(json: &[u8]) -> impl Iterator<Item = (u8, bool)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    json.iter().map(move |&byte| {
+        let inside = in_string || byte == b'"';
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        }
+        (byte, inside)
+    })
 }
 
 fn first_byte(body: &[u8]) -> Option<u8> {

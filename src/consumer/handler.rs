@@ -9,6 +9,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
+use crate::event::with_string_flags;
+
 /// One delivery, as the handler sees it.
 pub struct Event<'a> {
     pub body: &'a [u8],
@@ -107,24 +109,10 @@ async fn exec(command: &str, timeout: Duration, event: &Event<'_>) -> Result<(),
 
 /// `json` without the whitespace outside strings, so a pretty-printed event is one line.
 pub fn compact_json(json: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in json {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
-            continue;
-        } else if byte == b'"' {
-            in_string = true;
-        }
-        out.push(byte);
-    }
-    out
+    with_string_flags(json)
+        .filter(|&(byte, in_string)| in_string || !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
+        .map(|(byte, _)| byte)
+        .collect()
 }
 
 #[cfg(test)]

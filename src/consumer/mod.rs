@@ -25,7 +25,7 @@ use tracing::{info, warn};
 pub use handler::{Handler, compact_json};
 pub use topology::{ConsumerTopology, dead_letter_queue};
 
-use crate::amqp::{Backoff, connect_any};
+use crate::amqp::{Backoff, connect};
 use crate::settings::Settings;
 use window::Window;
 
@@ -109,24 +109,19 @@ pub async fn run(
     let mut backoff = Backoff::new(&settings.amqp);
     let mut next_uri = 0;
     loop {
-        let connected = connect_any(&uris, next_uri, &settings.amqp, &stop, &topology)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let connected = connect(
+            &uris,
+            next_uri,
+            &settings.amqp,
+            &stop,
+            &topology,
+            &mut backoff,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let Some((connection, index)) = connected else {
-            if stop.is_cancelled() {
-                break;
-            }
-            let delay = backoff.next_delay();
-            warn!(
-                retry_in_ms = delay.as_millis() as u64,
-                "no broker reachable"
-            );
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(delay) => continue,
-            }
+            break;
         };
-        backoff.reset();
         let lost = consume_on(&connection, &state, &stop).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "done".into())).await;
         if !lost {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Shared, topology};
-use crate::amqp::{Backoff, connect_any};
+use crate::amqp::{Backoff, connect};
 use crate::settings::{AmqpSettings, redact_uri};
 
 /// How often a live connection's status is checked besides its events.
@@ -33,19 +33,11 @@ pub(super) async fn supervise(
     let mut connections_opened = 0u64;
     let topology = topology::ForwarderTopology(&settings);
     while !stop.is_cancelled() {
-        let connected = connect_any(&uris, next_uri, &settings, &stop, &topology).await;
-        let Some((connection, index)) = connected.ok().flatten() else {
-            let delay = backoff.next_delay();
-            warn!(
-                retry_in_ms = delay.as_millis() as u64,
-                "no broker reachable"
-            );
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(delay) => continue,
-            }
+        let connected = connect(&uris, next_uri, &settings, &stop, &topology, &mut backoff).await;
+        // The forwarder's topology never fails for good, so only a stop ends the attempts.
+        let Ok(Some((connection, index))) = connected else {
+            break;
         };
-        backoff.reset();
         connections_opened += 1;
         if connections_opened > 1 {
             shared.metrics.reconnects.inc();

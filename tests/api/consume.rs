@@ -234,17 +234,23 @@ async fn wait_for_messages(app: &TestApp, queue: &str, count: usize) -> Vec<Mess
     messages
 }
 
-#[tokio::test]
-async fn a_handler_that_always_fails_is_tried_max_attempts_times_then_dead_lettered_intact() {
+/// Consumes with `--max-attempts 2` and a handler that records its attempt then runs `then`,
+/// posts one event and waits for it in the dead-letter queue. Returns the attempts the handler
+/// saw, the dead-lettered message and the consumer's logs; the queue itself must be empty.
+async fn dead_lettered(
+    then: &str,
+    extra: &[&str],
+    kind: &str,
+    id: &str,
+) -> (Vec<String>, Message, String) {
     let app = forwarder().await;
     let queue = unique("failing");
     let attempts = Scratch::new();
     let exec = format!(
-        "echo \"$BANDWIDTH_DELIVERY_ATTEMPT\" >> {}; exit 3",
+        "echo \"$BANDWIDTH_DELIVERY_ATTEMPT\" >> {}; {then}",
         attempts.path()
     );
-    let consumer = Forwarder::consume(
-        &consumer_toml(&app),
+    let args = [
         &[
             "--queue",
             &queue,
@@ -255,11 +261,28 @@ async fn a_handler_that_always_fails_is_tried_max_attempts_times_then_dead_lette
             "--max-attempts",
             "2",
         ],
+        extra,
+    ]
+    .concat();
+    let consumer = Forwarder::consume(&consumer_toml(&app), &args);
+    post(&app, &event(kind, id)).await;
+    let mut dead = wait_for_messages(&app, &format!("{queue}.dead"), 1).await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        drain_queue(&app.channel, &queue).await.is_empty(),
+        "nothing left behind in the queue"
     );
-    post(&app, &event("message-failed", "doomed")).await;
-    let dead = wait_for_messages(&app, &format!("{queue}.dead"), 1).await;
-    assert_eq!(attempts.lines(), ["1", "2"]);
-    let message = &dead[0];
+    let logs = consumer.logs();
+    drop(consumer);
+    delete_queues(&app, &[&queue]).await;
+    app.stop().await;
+    (attempts.lines(), dead.remove(0), logs)
+}
+
+#[tokio::test]
+async fn a_handler_that_always_fails_is_tried_max_attempts_times_then_dead_lettered_intact() {
+    let (attempts, message, logs) = dead_lettered("exit 3", &[], "message-failed", "doomed").await;
+    assert_eq!(attempts, ["1", "2"]);
     assert_eq!(
         message.header("x-bandwidth-message-id").as_deref(),
         Some("doomed")
@@ -273,59 +296,36 @@ async fn a_handler_that_always_fails_is_tried_max_attempts_times_then_dead_lette
         Some(message.message_id())
     );
     assert!(message.body.starts_with(br#"{"type": "message-failed""#));
-    assert!(
-        drain_queue(&app.channel, &queue).await.is_empty(),
-        "nothing left behind in the queue"
-    );
-    let logs = consumer.logs();
     assert_eq!(logs.matches(r#""outcome":"failed""#).count(), 1, "{logs}");
     assert_eq!(
         logs.matches(r#""outcome":"dead_lettered""#).count(),
         1,
         "{logs}"
     );
-    drop(consumer);
-    delete_queues(&app, &[&queue]).await;
-    app.stop().await;
 }
 
 #[tokio::test]
-async fn a_handler_that_runs_too_long_is_killed_and_retried() {
-    let app = forwarder().await;
-    let queue = unique("slow");
-    let attempts = Scratch::new();
-    let exec = format!(
-        "echo \"$BANDWIDTH_DELIVERY_ATTEMPT\" >> {}; sleep 30",
-        attempts.path()
-    );
-    let consumer = Forwarder::consume(
-        &consumer_toml(&app),
-        &[
-            "--queue",
-            &queue,
-            "--bind",
-            "#",
-            "--exec",
-            &exec,
-            "--max-attempts",
-            "2",
-            "--handler-timeout-ms",
-            "300",
-        ],
-    );
-    let started = Instant::now();
-    post(&app, &event("message-sending", "slow")).await;
-    wait_for_messages(&app, &format!("{queue}.dead"), 1).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the 30 s command was cut short"
-    );
-    assert_eq!(attempts.lines(), ["1", "2"]);
-    let logs = consumer.logs();
+async fn a_handler_that_runs_too_long_is_killed_with_its_children_and_retried() {
+    // A sleep no other process runs, to show that none is left behind.
+    let sleep = format!("sleep 30.{}", fastrand::u32(..));
+    let (attempts, _, logs) = dead_lettered(
+        &format!("{sleep} & wait"),
+        &["--handler-timeout-ms", "300"],
+        "message-sending",
+        "slow",
+    )
+    .await;
+    assert_eq!(attempts, ["1", "2"]);
     assert_eq!(logs.matches("was killed").count(), 2, "{logs}");
-    drop(consumer);
-    delete_queues(&app, &[&queue]).await;
-    app.stop().await;
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &sleep])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "a killed handler's child survived: {:?}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[tokio::test]
