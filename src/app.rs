@@ -136,6 +136,11 @@ impl Application {
             callback_path: settings.http.path.clone(),
             max_body_bytes: settings.http.max_body_bytes,
             max_json_depth: settings.http.max_json_depth,
+            routing: settings
+                .amqp
+                .routing_key
+                .parse()
+                .map_err(|reason| anyhow::anyhow!("amqp.routing_key: {reason}"))?,
             body_read_timeout: Duration::from_millis(settings.http.body_read_timeout_ms),
             retry_after_secs: settings.http.retry_after_secs,
             access: ArcSwap::from_pointee(access),

@@ -5,6 +5,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::routing::RoutingTemplate;
+
 /// Routing key for a `type` outside `[a-z0-9-]{1,64}`.
 pub const UNKNOWN_ROUTING_KEY: &str = "unknown";
 
@@ -28,7 +30,7 @@ pub struct Event {
     pub body: Bytes,
     /// The event `type`.
     pub kind: String,
-    /// `type` with `-` replaced by `.`, or `unknown`.
+    /// The routing key `amqp.routing_key` gives it (by default `type` with `-` as `.`).
     pub routing_key: String,
     /// Deterministic deduplication key (lowercase hex SHA-256).
     pub dedup_key: String,
@@ -93,7 +95,11 @@ struct MessageFields<'a> {
 }
 
 /// Splits and validates a whole callback body; on any error nothing is returned.
-pub fn parse_callback(body: &Bytes, max_depth: usize) -> Result<Vec<Event>, InvalidCallback> {
+pub fn parse_callback(
+    body: &Bytes,
+    max_depth: usize,
+    routing: &RoutingTemplate,
+) -> Result<Vec<Event>, InvalidCallback> {
     if nesting_exceeds(body, max_depth) {
         return Err(InvalidCallback::TooDeep(max_depth));
     }
@@ -118,7 +124,7 @@ pub fn parse_callback(body: &Bytes, max_depth: usize) -> Result<Vec<Event>, Inva
     }
     raws.into_iter()
         .enumerate()
-        .map(|(index, raw)| parse_event(body, index, raw))
+        .map(|(index, raw)| parse_event(body, index, raw, routing))
         .collect()
 }
 
@@ -173,7 +179,12 @@ fn first_byte(body: &[u8]) -> Option<u8> {
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
-fn parse_event(body: &Bytes, index: usize, raw: &RawValue) -> Result<Event, InvalidCallback> {
+fn parse_event(
+    body: &Bytes,
+    index: usize,
+    raw: &RawValue,
+    routing: &RoutingTemplate,
+) -> Result<Event, InvalidCallback> {
     let text = raw.get();
     if !text.starts_with('{') {
         return Err(InvalidCallback::NotAnObject { index });
@@ -200,7 +211,7 @@ fn parse_event(body: &Bytes, index: usize, raw: &RawValue) -> Result<Event, Inva
     };
     Ok(Event {
         body: body.slice_ref(text.as_bytes()),
-        routing_key: routing_key(&kind),
+        routing_key: routing.render(&kind, text),
         kind,
         dedup_key,
         message_id,
@@ -255,7 +266,11 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<Vec<Event>, InvalidCallback> {
-        parse_callback(&Bytes::copy_from_slice(body.as_bytes()), 32)
+        parse_callback(
+            &Bytes::copy_from_slice(body.as_bytes()),
+            32,
+            &RoutingTemplate::default(),
+        )
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::auth::CHALLENGE;
 use crate::event::{InvalidCallback, parse_callback};
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher, ReceivedAt};
+use crate::routing::RoutingTemplate;
 use crate::shutdown::Lifecycle;
 
 /// Everything a request handler reads; shared by all connections.
@@ -26,6 +27,7 @@ pub struct AppState {
     pub callback_path: String,
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
+    pub routing: RoutingTemplate,
     pub body_read_timeout: Duration,
     pub retry_after_secs: u64,
     /// Source allowlist and credentials; SIGHUP swaps in a new value.
@@ -262,7 +264,7 @@ async fn accept(
         }
     })?
     .to_bytes();
-    let events = parse_callback(&body, state.max_json_depth)?;
+    let events = parse_callback(&body, state.max_json_depth, &state.routing)?;
     let count = events.len();
     state.publisher.publish(events, received).await?;
     Ok(count)

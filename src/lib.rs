@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod publisher;
 pub mod reload;
+pub mod routing;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

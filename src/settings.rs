@@ -148,6 +148,9 @@ pub struct AmqpSettings {
     pub uri: Secret,
     /// Durable topic exchange every event is published to.
     pub exchange: String,
+    /// Routing key template: `{type}` and field placeholders such as
+    /// `{message.applicationId}`.
+    pub routing_key: String,
     /// No confirm within this many milliseconds means 503.
     pub publish_timeout_ms: u64,
     /// Queues declared (quorum, durable) and bound at start.
@@ -167,6 +170,7 @@ impl Default for AmqpSettings {
         Self {
             uri: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             exchange: "bandwidth.messaging".into(),
+            routing_key: "{type}".into(),
             publish_timeout_ms: 5_000,
             queues: vec![QueueSettings {
                 name: "bandwidth.messaging.all".into(),
@@ -370,6 +374,13 @@ impl Settings {
                 "the `amq.` prefix is reserved by the broker".into(),
             );
         }
+        if let Err(reason) = self
+            .amqp
+            .routing_key
+            .parse::<crate::routing::RoutingTemplate>()
+        {
+            return invalid("amqp.routing_key", reason);
+        }
         if self.amqp.publish_timeout_ms == 0 {
             return invalid("amqp.publish_timeout_ms", "must be greater than 0".into());
         }
@@ -555,6 +566,10 @@ mod tests {
         rejects(|s| s.amqp.uri = Secret::new("http://x"), "amqp.uri");
         rejects(|s| s.amqp.exchange = String::new(), "amqp.exchange");
         rejects(|s| s.amqp.channels = 0, "amqp.channels");
+        rejects(
+            |s| s.amqp.routing_key = "{type}.#".into(),
+            "amqp.routing_key",
+        );
         rejects(|s| s.log.level = "info,[".into(), "log.level");
         rejects(|s| s.runtime.worker_threads = 0, "runtime.worker_threads");
         rejects(

@@ -5,12 +5,13 @@
 #![no_main]
 
 use bandwidth_forwarder::event::parse_callback;
+use bandwidth_forwarder::routing::RoutingTemplate;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let body = Bytes::copy_from_slice(data);
-    let Ok(events) = parse_callback(&body, 32) else {
+    let Ok(events) = parse_callback(&body, 32, &RoutingTemplate::default()) else {
         return;
     };
     assert!(!events.is_empty());

@@ -496,3 +496,52 @@ async fn an_existing_queue_with_other_arguments_is_a_clear_error_and_exit_non_ze
     delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_routing_template_lets_a_backend_take_one_applications_receipts() {
+    let mut settings = test_settings();
+    settings.amqp.routing_key = "{message.applicationId}.{type}".into();
+    let app = spawn_app(settings).await;
+    let queue = unique("app1-receipts");
+    let consumer = Forwarder::consume(
+        &consumer_toml(&app),
+        &["--queue", &queue, "--bind", "app-1.message.delivered"],
+    );
+    let with_app = |kind: &str, application: &str, id: &str| {
+        format!(r#"[{{"type":"{kind}","message":{{"id":"{id}","applicationId":{application}}}}}]"#)
+    };
+    post(&app, &with_app("message-delivered", r#""app-1""#, "mine")).await;
+    post(&app, &with_app("message-delivered", r#""app-2""#, "theirs")).await;
+    post(&app, &with_app("message-failed", r#""app-1""#, "failed")).await;
+    let long = format!(r#""{}""#, "a".repeat(300));
+    let hostile = [r#""a.b""#, r##""#""##, r#""*""#, r#""""#, long.as_str()];
+    for application in hostile {
+        post(&app, &with_app("message-delivered", application, "hostile")).await;
+    }
+    let printed = eventually(
+        "the receipt of application app-1",
+        Duration::from_secs(10),
+        || printed_ids(&consumer.stdout_lines()),
+        |ids| !ids.is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(printed, ["mine"]);
+    assert_eq!(printed_ids(&consumer.stdout_lines()), ["mine"]);
+    let keys: Vec<String> = app
+        .drain()
+        .await
+        .into_iter()
+        .map(|m| m.routing_key)
+        .collect();
+    let mut expected = vec![
+        "app-1.message.delivered",
+        "app-2.message.delivered",
+        "app-1.message.failed",
+    ];
+    expected.extend(["unknown.message.delivered"; 5]);
+    assert_eq!(keys, expected);
+    drop(consumer);
+    delete_queues(&app, &[&queue]).await;
+    app.stop().await;
+}

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use bandwidth_forwarder::event::parse_callback;
+use bandwidth_forwarder::routing::RoutingTemplate;
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -77,7 +78,11 @@ fn reference(body: &[u8]) -> Option<Vec<Vec<u8>>> {
 }
 
 fn check(body: &[u8]) -> Result<(), TestCaseError> {
-    let parsed = parse_callback(&Bytes::copy_from_slice(body), MAX_DEPTH);
+    let parsed = parse_callback(
+        &Bytes::copy_from_slice(body),
+        MAX_DEPTH,
+        &RoutingTemplate::default(),
+    );
     let expected = reference(body);
     match (parsed, expected) {
         (Ok(events), Some(raws)) => {
