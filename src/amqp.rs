@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use lapin::options::ExchangeDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -106,6 +107,22 @@ pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), S
         )
         .await
         .map_err(|e| format!("declaring exchange `{exchange}`: {e}"))
+}
+
+/// The broker's sentence when it refused a declaration because the object exists with other
+/// arguments (`PRECONDITION_FAILED`); it names the argument that differs.
+pub fn differing_arguments(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        ErrorKind::ProtocolError(amqp)
+            if matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            ) =>
+        {
+            Some(amqp.get_message().to_string())
+        }
+        _ => None,
+    }
 }
 
 /// The arguments of a quorum queue.

@@ -175,6 +175,7 @@ impl Default for AmqpSettings {
             queues: vec![QueueSettings {
                 name: "bandwidth.messaging.all".into(),
                 bindings: vec!["#".into()],
+                max_length: Some(DEFAULT_ARCHIVE_LENGTH),
             }],
             channels: 2,
             max_batch_events: 512,
@@ -196,6 +197,10 @@ impl AmqpSettings {
     }
 }
 
+/// Events the default catch-all queue keeps, newest first: nothing consumes it unless an
+/// operator does, so it must not grow without end.
+pub const DEFAULT_ARCHIVE_LENGTH: u64 = 100_000;
+
 /// A queue the forwarder declares, with the binding keys it binds to the exchange.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +208,10 @@ pub struct QueueSettings {
     pub name: String,
     #[serde(default)]
     pub bindings: Vec<String>,
+    /// Keep at most this many messages, dropping the oldest (`x-max-length` with `drop-head`:
+    /// publishing is never refused); absent = unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
 }
 
 /// Log output.
@@ -400,6 +409,12 @@ impl Settings {
         }
         for queue in &self.amqp.queues {
             check_name("amqp.queues", &queue.name)?;
+            if queue.max_length == Some(0) {
+                return invalid(
+                    "amqp.queues",
+                    format!("max_length of `{}` must be greater than 0", queue.name),
+                );
+            }
             for binding in &queue.bindings {
                 if binding.len() > MAX_SHORT_STRING {
                     return invalid(

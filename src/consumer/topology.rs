@@ -3,11 +3,12 @@
 
 use futures_util::future::BoxFuture;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ErrorKind};
+use lapin::{Channel, Connection};
 
-use crate::amqp::{DeclareError, Topology, declare_exchange, quorum_arguments};
+use crate::amqp::{
+    DeclareError, Topology, declare_exchange, differing_arguments, quorum_arguments,
+};
 
 /// A consumer's queue, its bindings and its delivery limit.
 pub struct ConsumerTopology<'a> {
@@ -102,20 +103,12 @@ async fn declare_queue(
         .await;
     match declared {
         Ok(_) => Ok(()),
-        Err(error) => match error.kind() {
-            ErrorKind::ProtocolError(amqp)
-                if matches!(
-                    amqp.kind(),
-                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
-                ) =>
-            {
-                Err(DeclareError::Fatal(format!(
-                    "queue `{name}` already exists with other arguments ({}); delete it or \
-                     consume with the arguments it has",
-                    amqp.get_message()
-                )))
-            }
-            _ => Err(DeclareError::Retry(format!(
+        Err(error) => match differing_arguments(&error) {
+            Some(broker_says) => Err(DeclareError::Fatal(format!(
+                "queue `{name}` already exists with other arguments ({broker_says}); delete it or \
+                 consume with the arguments it has"
+            ))),
+            None => Err(DeclareError::Retry(format!(
                 "declaring quorum queue `{name}`: {error}"
             ))),
         },

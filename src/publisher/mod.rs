@@ -164,6 +164,7 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the connection supervisor and the channel workers; returns at once.
     pub fn start(settings: &AmqpSettings, metrics: Arc<Metrics>) -> Self {
+        topology::log_policy(settings);
         let shared = Arc::new(Shared::new(metrics));
         let (connection_tx, connection_rx) = watch::channel(None);
         let (jobs_tx, jobs_rx) = async_channel::bounded(JOB_QUEUE_CAPACITY);

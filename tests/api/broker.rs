@@ -4,11 +4,15 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bandwidth_forwarder::settings::{QueueSettings, Secret};
+use bytes::Bytes;
 use futures_util::future::join_all;
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
+use crate::common::{
+    Forwarder, broker, delete_topology, drain_queue, forwarder_toml, http_client, send,
+};
 use crate::helpers::{Answer, amqp_uri, spawn_app, spawn_app_unready, test_settings, unique};
 
 fn assert_503_with_retry_after(answer: &Answer, word: &str) {
@@ -31,6 +35,7 @@ fn settings_routing_only_message_types() -> bandwidth_forwarder::settings::Setti
     settings.amqp.queues = vec![QueueSettings {
         name: unique("q"),
         bindings: vec!["message.#".into()],
+        max_length: None,
     }];
     settings
 }
@@ -222,4 +227,73 @@ async fn a_deleted_exchange_is_declared_again_after_one_503() {
     assert!(recovered, "exchange and binding declared again");
     assert_eq!(app.drain().await.len(), 1);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_bounded_archive_queue_keeps_the_newest_events_and_never_refuses_a_publish() {
+    let mut settings = test_settings();
+    settings.amqp.queues[0].max_length = Some(3);
+    let app = spawn_app(settings).await;
+    for i in 0..5 {
+        let answer = app
+            .post_callback(format!(
+                r#"[{{"type":"message-sent","message":{{"id":"archive-{i}"}}}}]"#
+            ))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    }
+    let kept: Vec<_> = app
+        .drain()
+        .await
+        .iter()
+        .filter_map(|m| m.header("x-bandwidth-message-id"))
+        .collect();
+    assert_eq!(kept, ["archive-2", "archive-3", "archive-4"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_queue_that_exists_with_other_arguments_is_named_in_a_warning_and_publishing_goes_on() {
+    let (exchange, queue) = (unique("ex"), unique("q"));
+    let channel = broker().await.create_channel().await.expect("channel");
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum,
+        )
+        .await
+        .expect("the queue as an older version declared it: unbounded");
+    let toml = forwarder_toml(&amqp_uri(), &exchange, &queue, 3_000);
+    let forwarder = Forwarder::start(&format!("{toml}max_length = 3\n"));
+    forwarder.wait_ready().await;
+    let answer = send(
+        &http_client(),
+        Method::POST,
+        &forwarder.url("/callbacks/bandwidth/messaging"),
+        &[("content-type", "application/json")],
+        Bytes::from_static(br#"[{"type":"message-sent"}]"#),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(drain_queue(&channel, &queue).await.len(), 1);
+    let logs = forwarder.logs();
+    assert!(
+        logs.contains("inequivalent arg 'x-max-length'"),
+        "the warning names the argument:\n{logs}"
+    );
+    assert!(logs.contains("is used as it is"), "{logs}");
+    assert!(logs.contains("declaring a bounded archive queue"), "{logs}");
+    forwarder.signal("TERM");
+    assert_eq!(forwarder.wait_exit(Duration::from_secs(20)).await, Some(0));
+    delete_topology(&channel, &queue, &exchange).await;
 }

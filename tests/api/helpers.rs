@@ -47,6 +47,7 @@ pub fn test_settings() -> Settings {
     settings.amqp.queues = vec![QueueSettings {
         name: unique("q"),
         bindings: vec!["#".into()],
+        max_length: None,
     }];
     settings.amqp.publish_timeout_ms = 3_000;
     settings.amqp.reconnect_initial_ms = 50;
