@@ -11,7 +11,8 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use crate::common::{
-    Forwarder, broker, delete_topology, drain_queue, forwarder_toml, http_client, send,
+    Forwarder, broker, declare_plain_quorum_queue, delete_topology, drain_queue, forwarder_toml,
+    http_client, send,
 };
 use crate::helpers::{Answer, amqp_uri, spawn_app, spawn_app_unready, test_settings, unique};
 
@@ -256,22 +257,8 @@ async fn a_bounded_archive_queue_keeps_the_newest_events_and_never_refuses_a_pub
 async fn a_queue_that_exists_with_other_arguments_is_named_in_a_warning_and_publishing_goes_on() {
     let (exchange, queue) = (unique("ex"), unique("q"));
     let channel = broker().await.create_channel().await.expect("channel");
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum,
-        )
-        .await
-        .expect("the queue as an older version declared it: unbounded");
+    // As an older version declared it: unbounded.
+    declare_plain_quorum_queue(&channel, &queue).await;
     let toml = forwarder_toml(&amqp_uri(), &exchange, &queue, 3_000);
     let forwarder = Forwarder::start(&format!("{toml}max_length = 3\n"));
     forwarder.wait_ready().await;

@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use bandwidth_forwarder::consumer::compact_json;
 use hyper::StatusCode;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 
-use crate::common::{Forwarder, amqp_uri};
+use crate::common::{Forwarder, amqp_uri, declare_plain_quorum_queue};
 use crate::helpers::{Message, TestApp, drain_queue, spawn_app, test_settings, unique};
 
 /// A forwarder publishing to a fresh exchange with no queue of its own: only the consumers'
@@ -462,22 +461,8 @@ async fn two_instances_on_one_queue_share_the_work_and_handle_each_event_once() 
 async fn an_existing_queue_with_other_arguments_is_a_clear_error_and_exit_non_zero() {
     let app = forwarder().await;
     let queue = unique("existing");
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    app.channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .expect("a queue declared by hand, without a delivery limit");
+    // Declared by hand, without a delivery limit or dead-lettering.
+    declare_plain_quorum_queue(&app.channel, &queue).await;
     let (code, logs) = Forwarder::consume_to_exit(
         &consumer_toml(&app),
         &["--queue", &queue, "--bind", "#"],

@@ -251,6 +251,27 @@ pub async fn count_ids(channel: &Channel, queue: &str) -> HashMap<String, usize>
     counts
 }
 
+/// Declares a durable quorum queue with no other argument, as an operator (or an older
+/// version) might have.
+pub async fn declare_plain_quorum_queue(channel: &Channel, queue: &str) {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare a plain quorum queue");
+}
+
 /// Deletes a queue and an exchange, ignoring what is already gone.
 pub async fn delete_topology(channel: &Channel, queue: &str, exchange: &str) {
     let _ = channel
