@@ -53,6 +53,9 @@ struct ConsumeArgs {
     /// A handler running longer is killed (its process group) and the event retried.
     #[arg(long, value_name = "N", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     handler_timeout_ms: u64,
+    /// Serve /healthz, /readyz and /metrics on this address (`127.0.0.1:0` picks a port).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
 }
 
 /// Keys remembered for duplicate detection, at most.
@@ -76,6 +79,7 @@ impl ConsumeArgs {
             handler_timeout: Duration::from_millis(self.handler_timeout_ms),
             window_entries: WINDOW_ENTRIES,
             window_age: WINDOW_AGE,
+            listen: self.listen,
         }
     }
 }

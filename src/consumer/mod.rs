@@ -2,11 +2,14 @@
 //! after the handler finished; failures retried and then dead-lettered; duplicates skipped.
 
 mod handler;
+mod probes;
 mod topology;
 mod window;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,6 +30,7 @@ pub use topology::{ConsumerTopology, dead_letter_queue};
 
 use crate::amqp::{Backoff, connect};
 use crate::settings::Settings;
+use probes::{ConsumerMetrics, Outcome};
 use window::Window;
 
 /// First pause before a failed event is returned to the queue; doubles per attempt.
@@ -53,6 +57,8 @@ pub struct ConsumeOptions {
     pub window_entries: usize,
     /// How long a handled key is remembered.
     pub window_age: Duration,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Shared by every handler task.
@@ -60,6 +66,11 @@ struct State {
     options: ConsumeOptions,
     handler: Handler,
     window: Mutex<Window>,
+    metrics: Arc<ConsumerMetrics>,
+    /// True while deliveries are being taken (what `/readyz` reports).
+    consuming: Arc<AtomicBool>,
+    /// The probes' address, for the `consuming` log line.
+    probes: Option<SocketAddr>,
 }
 
 /// Builds a runtime and consumes until SIGTERM/SIGINT.
@@ -94,10 +105,26 @@ pub async fn run(
         },
         None => Handler::stdout(),
     };
+    let metrics = Arc::new(ConsumerMetrics::default());
+    let consuming = Arc::new(AtomicBool::new(false));
+    let probes = match options.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --listen {addr}"))?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(probes::serve(listener, consuming.clone(), metrics.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
     let state = Arc::new(State {
         window: Mutex::new(Window::new(options.window_entries, options.window_age)),
         handler,
         options,
+        metrics,
+        consuming,
+        probes,
     });
     let topology = ConsumerTopology {
         exchange: &settings.amqp.exchange,
@@ -161,7 +188,13 @@ async fn consume_on(connection: &Connection, state: &Arc<State>, stop: &Cancella
             return true;
         }
     };
-    info!(queue = %options.queue, bindings = ?options.bindings, "consuming");
+    state.consuming.store(true, Ordering::SeqCst);
+    info!(
+        queue = %options.queue,
+        bindings = ?options.bindings,
+        listen = state.probes.map(|addr| addr.to_string()),
+        "consuming"
+    );
     let permits = Arc::new(Semaphore::new(options.concurrency));
     let mut running = JoinSet::new();
     let lost = loop {
@@ -190,6 +223,7 @@ async fn consume_on(connection: &Connection, state: &Arc<State>, stop: &Cancella
         running.spawn(handle(delivery, state.clone(), permit));
         while running.try_join_next().is_some() {}
     };
+    state.consuming.store(false, Ordering::SeqCst);
     if !lost {
         let _ = channel
             .basic_cancel(tag, BasicCancelOptions::default())
@@ -244,10 +278,11 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
             dedup_key,
             kind,
             attempt,
-            outcome = "duplicate",
+            outcome = Outcome::Duplicate.word(),
             acked,
             "delivery skipped"
         );
+        state.metrics.delivery(Outcome::Duplicate);
         return;
     }
     let event = handler::Event {
@@ -258,8 +293,14 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
         routing_key,
         attempt,
     };
-    match state.handler.run(&event).await {
+    let ran = state.handler.run(&event).await;
+    state
+        .metrics
+        .handler_duration
+        .observe(started.elapsed().as_secs_f64());
+    match ran {
         Ok(()) => {
+            state.metrics.delivery(Outcome::Handled);
             if !dedup_key.is_empty() {
                 state
                     .window
@@ -272,7 +313,7 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
                 dedup_key,
                 kind,
                 attempt,
-                outcome = "handled",
+                outcome = Outcome::Handled.word(),
                 acked,
                 duration_ms = duration_ms(),
                 "delivery handled"
@@ -280,8 +321,13 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
         }
         Err(error) => {
             let last = attempt >= state.options.max_attempts;
-            let outcome = if last { "dead_lettered" } else { "failed" };
-            warn!(dedup_key, kind, attempt, outcome, %error, duration_ms = duration_ms(), "delivery failed");
+            let outcome = if last {
+                Outcome::DeadLettered
+            } else {
+                Outcome::Failed
+            };
+            state.metrics.delivery(outcome);
+            warn!(dedup_key, kind, attempt, outcome = outcome.word(), %error, duration_ms = duration_ms(), "delivery failed");
             if !last {
                 tokio::time::sleep(retry_backoff(attempt)).await;
             }

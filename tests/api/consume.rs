@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bandwidth_forwarder::consumer::compact_json;
-use hyper::StatusCode;
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 
-use crate::common::{Forwarder, amqp_uri, declare_plain_quorum_queue};
+use crate::common::{Forwarder, amqp_uri, declare_plain_quorum_queue, http_client, metric, send};
 use crate::helpers::{Message, TestApp, drain_queue, spawn_app, test_settings, unique};
 
 /// A forwarder publishing to a fresh exchange with no queue of its own: only the consumers'
@@ -526,6 +527,67 @@ async fn a_routing_template_lets_a_backend_take_one_applications_receipts() {
     ];
     expected.extend(["unknown.message.delivered"; 5]);
     assert_eq!(keys, expected);
+    drop(consumer);
+    delete_queues(&app, &[&queue]).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_with_listen_serves_probes_and_counts_every_outcome() {
+    let app = forwarder().await;
+    let queue = unique("observed");
+    let exec = r#"test "$BANDWIDTH_MESSAGE_ID" != bad"#;
+    let consumer = Forwarder::consume(
+        &consumer_toml(&app),
+        &[
+            "--queue",
+            &queue,
+            "--bind",
+            "#",
+            "--exec",
+            exec,
+            "--max-attempts",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let client = http_client();
+    let get = async |path: &str| {
+        send(&client, Method::GET, &consumer.url(path), &[], Bytes::new())
+            .await
+            .expect("the probes answer")
+    };
+    assert_eq!(get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(get("/readyz").await.status, StatusCode::OK);
+
+    let good = event("message-delivered", "good");
+    post(&app, &good).await;
+    post(&app, &good).await;
+    post(&app, &event("message-failed", "bad")).await;
+    wait_for_messages(&app, &format!("{queue}.dead"), 1).await;
+    let counted = |text: &str, outcome: &str| {
+        metric(
+            text,
+            &format!("bandwidth_forwarder_consumer_deliveries_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    // The consumer counts an outcome before it acks or returns the delivery, so with the
+    // event dead-lettered every count is in.
+    let metrics = get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert_eq!(counted(&text, "handled"), Some(1.0), "{text}");
+    assert_eq!(counted(&text, "duplicate"), Some(1.0), "{text}");
+    assert_eq!(counted(&text, "failed"), Some(1.0), "{text}");
+    assert_eq!(counted(&text, "dead_lettered"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "bandwidth_forwarder_consumer_handler_duration_seconds_count"
+        ),
+        Some(3.0),
+        "one good run and two bad ones: {text}"
+    );
     drop(consumer);
     delete_queues(&app, &[&queue]).await;
     app.stop().await;
