@@ -27,6 +27,15 @@ enum Command {
     CheckConfig,
     /// Consume events from a queue of your own and run a handler for each.
     Consume(ConsumeArgs),
+    /// Move a consumer's dead-lettered events (NAME.dead) back to its queue NAME.
+    Replay {
+        /// The consumer's queue.
+        #[arg(long, value_name = "NAME")]
+        queue: String,
+        /// Move at most this many events (default: all).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
 }
 
 /// `consume`'s flags.
@@ -101,6 +110,15 @@ fn main() -> ExitCode {
         Some(Command::Consume(args)) => {
             telemetry::init(&settings.log);
             consumer::consume(settings, args.into_options())
+        }
+        Some(Command::Replay { queue, limit }) => {
+            telemetry::init(&settings.log);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(consumer::replay(&settings, &queue, limit)))
+                .map(|moved| println!("{moved}"))
         }
         Some(Command::Serve) | None => {
             telemetry::init(&settings.log);

@@ -3,6 +3,7 @@
 
 mod handler;
 mod probes;
+mod replay;
 mod topology;
 mod window;
 
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use handler::{Handler, compact_json};
+pub use replay::replay;
 pub use topology::{ConsumerTopology, dead_letter_queue};
 
 use crate::amqp::{Backoff, connect};

@@ -296,6 +296,18 @@ async fn a_handler_that_always_fails_is_tried_max_attempts_times_then_dead_lette
         Some(message.message_id())
     );
     assert!(message.body.starts_with(br#"{"type": "message-failed""#));
+    // What the broker adds on dead-lettering, which the docs describe.
+    assert_eq!(
+        message.header("x-first-death-reason").as_deref(),
+        Some("delivery_limit")
+    );
+    assert!(
+        message
+            .header("x-first-death-queue")
+            .is_some_and(|queue| queue.starts_with("test.failing.")),
+        "{:?}",
+        message.header("x-first-death-queue")
+    );
     assert_eq!(logs.matches(r#""outcome":"failed""#).count(), 1, "{logs}");
     assert_eq!(
         logs.matches(r#""outcome":"dead_lettered""#).count(),
@@ -464,9 +476,9 @@ async fn an_existing_queue_with_other_arguments_is_a_clear_error_and_exit_non_ze
     let queue = unique("existing");
     // Declared by hand, without a delivery limit or dead-lettering.
     declare_plain_quorum_queue(&app.channel, &queue).await;
-    let (code, logs) = Forwarder::consume_to_exit(
+    let (code, logs) = Forwarder::run_to_exit(
         &consumer_toml(&app),
-        &["--queue", &queue, "--bind", "#"],
+        &["consume", "--queue", &queue, "--bind", "#"],
         Duration::from_secs(20),
     )
     .await;
@@ -588,6 +600,85 @@ async fn a_consumer_with_listen_serves_probes_and_counts_every_outcome() {
         Some(3.0),
         "one good run and two bad ones: {text}"
     );
+    drop(consumer);
+    delete_queues(&app, &[&queue]).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn replay_returns_dead_lettered_events_to_the_queue_for_another_try() {
+    let app = forwarder().await;
+    let queue = unique("replayed");
+    let (fixed, handled) = (Scratch::new(), Scratch::new());
+    // The handler fails until the file `fixed` exists, as a backend does until its bug is fixed.
+    let exec = format!(
+        "test -f {} && echo \"$BANDWIDTH_MESSAGE_ID\" >> {}",
+        fixed.path(),
+        handled.path()
+    );
+    let toml = consumer_toml(&app);
+    let consumer = Forwarder::consume(
+        &toml,
+        &[
+            "--queue",
+            &queue,
+            "--bind",
+            "#",
+            "--exec",
+            &exec,
+            "--max-attempts",
+            "1",
+        ],
+    );
+    post(&app, &event("message-received", "retry-me")).await;
+    let dead = format!("{queue}.dead");
+    eventually(
+        "the event is dead-lettered",
+        Duration::from_secs(10),
+        || {
+            consumer
+                .logs()
+                .matches(r#""outcome":"dead_lettered""#)
+                .count()
+        },
+        |count| *count == 1,
+    )
+    .await;
+    std::fs::write(&fixed.0, "").expect("fix the backend");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let replayed = loop {
+        // Dead-lettering completes shortly after the consumer's nack.
+        let (code, logs) = Forwarder::run_to_exit(
+            &toml,
+            &["replay", "--queue", &queue],
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(code, Some(0), "{logs}");
+        if logs.contains(r#""replayed":1"#) || Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(replayed.contains(r#""replayed":1"#), "{replayed}");
+    let lines = eventually(
+        "the replayed event is handled",
+        Duration::from_secs(10),
+        || handled.lines(),
+        |lines| !lines.is_empty(),
+    )
+    .await;
+    assert_eq!(lines, ["retry-me"]);
+    assert!(drain_queue(&app.channel, &dead).await.is_empty());
+
+    let (code, logs) = Forwarder::run_to_exit(
+        &toml,
+        &["replay", "--queue", &unique("no-such-queue")],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(code, Some(1), "{logs}");
+    assert!(logs.contains("NOT_FOUND"), "{logs}");
     drop(consumer);
     delete_queues(&app, &[&queue]).await;
     app.stop().await;

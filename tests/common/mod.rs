@@ -330,17 +330,12 @@ impl Forwarder {
         Self::spawn(&[&["consume"], args].concat(), toml, "consuming")
     }
 
-    /// Runs `consume ARGS` with `toml` to its end, which must come within `within`: exit code
-    /// and everything it logged.
-    pub async fn consume_to_exit(
-        toml: &str,
-        args: &[&str],
-        within: Duration,
-    ) -> (Option<i32>, String) {
-        let mut consumer = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"));
-        consumer.arg("consume").args(args);
+    /// Runs the binary with `ARGS` (a subcommand and its flags) and `toml` to its end, which
+    /// must come within `within`: exit code and everything it logged.
+    pub async fn run_to_exit(toml: &str, args: &[&str], within: Duration) -> (Option<i32>, String) {
         let config = write_config(toml);
-        let mut child = consumer
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+            .args(args)
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
