@@ -1,5 +1,7 @@
 //! Log output: human-readable or one JSON object per line.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::{LogFormat, LogSettings};
@@ -25,8 +27,10 @@ pub fn init(settings: &LogSettings) {
                 .expect("a valid filter directive"),
         );
     }
+    // Colour codes only where a person reads them, never into files and pipes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -107,3 +107,25 @@ fn reads_a_config_file_and_env_overrides_it() {
     let missing = check_config(&[], &["--config", "/nonexistent/forwarder.toml"]);
     assert!(!missing.status.success());
 }
+
+#[test]
+fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
+    // `replay` of a queue that does not exist logs its error and exits at once.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FORWARDER__")) {
+        command.env_remove(key);
+    }
+    let output = command
+        .args(["replay", "--queue", "test.no-such-queue.for-colour"])
+        .env("FORWARDER__LOG__FORMAT", "pretty")
+        .env("FORWARDER__AMQP__URI", crate::common::amqp_uri())
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ERROR"), "a log line was written: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}
