@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use crate::access::Access;
 use crate::auth::CHALLENGE;
 use crate::event::{InvalidCallback, parse_callback};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PUBLISHED};
 use crate::publisher::{PublishError, Publisher, ReceivedAt};
 use crate::routing::RoutingTemplate;
 use crate::shutdown::Lifecycle;
@@ -179,7 +179,15 @@ async fn callback(
         None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
     };
     state.metrics.inflight_requests.dec();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = started.elapsed().as_secs_f64();
+    let latency_ms = seconds * 1000.0;
+    state.metrics.callback_answered(
+        match &outcome {
+            Ok(_) => PUBLISHED,
+            Err(error) => error.code(),
+        },
+        seconds,
+    );
     match outcome {
         Ok(events) => {
             info!(

@@ -7,7 +7,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::event::KNOWN_TYPES;
 
@@ -20,6 +21,17 @@ pub const OTHER_TYPE: &str = "other";
 type StatusLabel = [(&'static str, u16); 1];
 type TypeLabel = [(&'static str, &'static str); 1];
 type ReasonLabel = [(&'static str, &'static str); 1];
+type OutcomeLabel = [(&'static str, &'static str); 1];
+
+/// Histograms by outcome share one bucket layout: 0.5 ms to about 8 s.
+type OutcomeHistograms = Family<OutcomeLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+/// The `outcome` label of an accepted callback; a refused one is labelled by its error word.
+pub const PUBLISHED: &str = "published";
 
 /// The label for an event type: itself if Bandwidth documents it, else `other`.
 pub fn type_label(kind: &str) -> &'static str {
@@ -36,6 +48,7 @@ pub struct Metrics {
     requests: Family<StatusLabel, Counter>,
     events_published: Family<TypeLabel, Counter>,
     publish_failures: Family<ReasonLabel, Counter>,
+    request_duration: OutcomeHistograms,
     /// Seconds from the first publish of a request to its last confirm.
     pub confirm_latency: Histogram,
     /// 1 while a broker connection with declared topology is up.
@@ -58,11 +71,37 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("forwarder");
+        let mut registry = Registry::with_prefix("bandwidth_forwarder");
+        registry.register(
+            "build",
+            "The running version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let started: Gauge = Gauge::default();
+        started.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+                }),
+        );
+        registry.register_with_unit(
+            "process_start_time",
+            "Start time of the process since the Unix epoch",
+            Unit::Seconds,
+            started,
+        );
+        let request_duration: OutcomeHistograms = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from a callback's arrival to its answer, by outcome (published or the error word)",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
         let requests = Family::<StatusLabel, Counter>::default();
         let events_published = Family::<TypeLabel, Counter>::default();
         let publish_failures = Family::<ReasonLabel, Counter>::default();
-        let confirm_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        let confirm_latency = latency_histogram();
         let broker_connected = Gauge::default();
         let broker_blocked = Gauge::default();
         let inflight_requests = Gauge::default();
@@ -83,9 +122,10 @@ impl Metrics {
             "Requests answered 503, by reason",
             publish_failures.clone(),
         );
-        registry.register(
-            "publish_confirm_seconds",
+        registry.register_with_unit(
+            "publish_confirm",
             "Time from a request's first publish to its last confirm",
+            Unit::Seconds,
             confirm_latency.clone(),
         );
         registry.register(
@@ -118,6 +158,7 @@ impl Metrics {
             requests,
             events_published,
             publish_failures,
+            request_duration,
             confirm_latency,
             broker_connected,
             broker_blocked,
@@ -137,6 +178,13 @@ impl Metrics {
         self.events_published
             .get_or_create(&[("type", type_label(kind))])
             .inc_by(count);
+    }
+
+    /// Records how long a callback took to answer, by `outcome` ([`PUBLISHED`] or the error word).
+    pub fn callback_answered(&self, outcome: &'static str, seconds: f64) {
+        self.request_duration
+            .get_or_create(&[("outcome", outcome)])
+            .observe(seconds);
     }
 
     /// Counts a request that failed to publish.
@@ -168,12 +216,12 @@ mod tests {
         m.confirm_latency.observe(0.002);
         let text = m.render();
         for needle in [
-            "forwarder_http_requests_total{status=\"202\"} 1",
-            "forwarder_events_published_total{type=\"message-received\"} 3",
-            "forwarder_publish_failures_total{reason=\"unroutable\"} 1",
-            "forwarder_publish_confirm_seconds_bucket",
-            "forwarder_broker_connected 0",
-            "forwarder_inflight_requests 0",
+            "bandwidth_forwarder_http_requests_total{status=\"202\"} 1",
+            "bandwidth_forwarder_events_published_total{type=\"message-received\"} 3",
+            "bandwidth_forwarder_publish_failures_total{reason=\"unroutable\"} 1",
+            "bandwidth_forwarder_publish_confirm_seconds_bucket",
+            "bandwidth_forwarder_broker_connected 0",
+            "bandwidth_forwarder_inflight_requests 0",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in\n{text}");
         }
@@ -192,11 +240,11 @@ mod tests {
         let text = m.render();
         let series = text
             .lines()
-            .filter(|line| line.starts_with("forwarder_events_published_total{"))
+            .filter(|line| line.starts_with("bandwidth_forwarder_events_published_total{"))
             .count();
         assert_eq!(series, KNOWN_TYPES.len() + 1, "{text}");
         assert!(
-            text.contains("forwarder_events_published_total{type=\"other\"} 1001"),
+            text.contains("bandwidth_forwarder_events_published_total{type=\"other\"} 1001"),
             "{text}"
         );
     }

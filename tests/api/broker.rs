@@ -169,11 +169,13 @@ async fn an_unreachable_broker_means_503_not_2xx_and_the_service_stays_up() {
     let metrics = app.get("/metrics").await;
     let metrics = String::from_utf8_lossy(&metrics.body);
     assert!(
-        metrics.contains("forwarder_broker_connected 0"),
+        metrics.contains("bandwidth_forwarder_broker_connected 0"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("forwarder_publish_failures_total{reason=\"broker_unavailable\"} 1"),
+        metrics.contains(
+            "bandwidth_forwarder_publish_failures_total{reason=\"broker_unavailable\"} 1"
+        ),
         "{metrics}"
     );
     app.stop().await;

@@ -234,11 +234,11 @@ async fn health_and_metrics_endpoints_answer() {
     assert_eq!(metrics.status, StatusCode::OK);
     let text = String::from_utf8_lossy(&metrics.body);
     for needle in [
-        "forwarder_http_requests_total{status=\"200\"}",
-        "forwarder_events_published_total{type=\"message-failed\"} 1",
-        "forwarder_publish_confirm_seconds_count 1",
-        "forwarder_broker_connected 1",
-        "forwarder_inflight_requests 0",
+        "bandwidth_forwarder_http_requests_total{status=\"200\"}",
+        "bandwidth_forwarder_events_published_total{type=\"message-failed\"} 1",
+        "bandwidth_forwarder_publish_confirm_seconds_count 1",
+        "bandwidth_forwarder_broker_connected 1",
+        "bandwidth_forwarder_inflight_requests 0",
     ] {
         assert!(text.contains(needle), "missing `{needle}` in\n{text}");
     }

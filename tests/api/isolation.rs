@@ -25,8 +25,8 @@ use crate::helpers::{TestApp, read_until_closed, spawn_app, test_settings, uniqu
 /// a header, it made RabbitMQ close the connection every request shares.
 const POISON_BYTES: usize = 150_000;
 
-const RECONNECTS: &str = "forwarder_broker_reconnects_total";
-const PUBLISHED: &str = "forwarder_events_published_total";
+const RECONNECTS: &str = "bandwidth_forwarder_broker_reconnects_total";
+const PUBLISHED: &str = "bandwidth_forwarder_events_published_total";
 
 /// Events whose `type`, `time`, `message.id` or `to` is poison-sized, one field each.
 fn poison_events() -> Vec<(&'static str, String)> {
@@ -99,7 +99,10 @@ async fn a_field_too_long_for_a_header_is_published_without_that_header_and_the_
     let text = metrics_text(&app).await;
     assert_eq!(metric(&text, RECONNECTS), Some(0.0), "{text}");
     assert_eq!(
-        metric(&text, "forwarder_events_published_total{type=\"other\"}"),
+        metric(
+            &text,
+            "bandwidth_forwarder_events_published_total{type=\"other\"}"
+        ),
         Some(1.0),
         "{text}"
     );
@@ -118,7 +121,10 @@ async fn thousands_of_unique_event_types_keep_the_metric_series_bounded() {
     let text = metrics_text(&app).await;
     assert_eq!(series_count(&text, PUBLISHED), 2, "{text}");
     assert_eq!(
-        metric(&text, "forwarder_events_published_total{type=\"other\"}"),
+        metric(
+            &text,
+            "bandwidth_forwarder_events_published_total{type=\"other\"}"
+        ),
         Some(2_000.0)
     );
     assert!(

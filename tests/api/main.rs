@@ -13,5 +13,6 @@ mod helpers;
 mod hostile;
 mod isolation;
 mod logs;
+mod metrics;
 mod properties;
 mod shutdown;

@@ -18,7 +18,7 @@ async fn inflight(app: &crate::helpers::TestApp) -> String {
     let metrics = app.get("/metrics").await;
     String::from_utf8_lossy(&metrics.body)
         .lines()
-        .find(|line| line.starts_with("forwarder_inflight_requests "))
+        .find(|line| line.starts_with("bandwidth_forwarder_inflight_requests "))
         .unwrap_or_default()
         .to_owned()
 }
@@ -36,12 +36,15 @@ async fn an_admitted_request_finishes_while_new_ones_get_503() {
     slow.write_all(head.as_bytes()).await.expect("head");
     slow.write_all(&body[..10]).await.expect("part of the body");
     for _ in 0..200 {
-        if inflight(&app).await == "forwarder_inflight_requests 1" {
+        if inflight(&app).await == "bandwidth_forwarder_inflight_requests 1" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(inflight(&app).await, "forwarder_inflight_requests 1");
+    assert_eq!(
+        inflight(&app).await,
+        "bandwidth_forwarder_inflight_requests 1"
+    );
 
     let stopped = app.begin_stop();
     let mut ready = app.get("/readyz").await;

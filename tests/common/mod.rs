@@ -85,7 +85,7 @@ pub async fn send(
 }
 
 /// The value of one series in a Prometheus text exposition, matched by its whole name and
-/// labels (`forwarder_broker_reconnects_total`, `x_total{type="a"}`); `None` when absent.
+/// labels (`bandwidth_forwarder_broker_reconnects_total`, `x_total{type="a"}`); `None` when absent.
 pub fn metric(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|line| {
         let (name, value) = line.rsplit_once(' ')?;

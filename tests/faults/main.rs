@@ -246,7 +246,7 @@ async fn s1_close_all_connections_mid_load() {
     recover_and_report(scenario, &forwarder, &subject, run, Duration::from_secs(20)).await;
     let (_, metrics) = get(&forwarder.url("/metrics")).await;
     assert_eq!(
-        common::metric(&metrics, "forwarder_broker_reconnects_total"),
+        common::metric(&metrics, "bandwidth_forwarder_broker_reconnects_total"),
         Some(1.0),
         "one reconnect counted:\n{metrics}"
     );
