@@ -18,7 +18,7 @@ use crate::access::Access;
 use crate::auth::CHALLENGE;
 use crate::event::{InvalidCallback, parse_callback};
 use crate::metrics::{Metrics, PUBLISHED};
-use crate::publisher::{PublishError, Publisher, ReceivedAt};
+use crate::publisher::{PublishError, Publisher, Received};
 use crate::routing::RoutingTemplate;
 use crate::shutdown::Lifecycle;
 
@@ -175,7 +175,7 @@ async fn callback(
     let started = Instant::now();
     state.metrics.inflight_requests.inc();
     let outcome = match state.lifecycle.enter() {
-        Some(_admitted) => accept(state, peer, request).await,
+        Some(_admitted) => accept(state, peer, request, request_id).await,
         None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
     };
     state.metrics.inflight_requests.dec();
@@ -223,6 +223,7 @@ async fn accept(
     state: &AppState,
     peer: IpAddr,
     request: Request<Incoming>,
+    request_id: &str,
 ) -> Result<usize, CallbackError> {
     let headers = request.headers();
     let access = state.access.load();
@@ -257,7 +258,7 @@ async fn accept(
     if declared_length.is_some_and(|len| len > state.max_body_bytes as u64) {
         return Err(CallbackError::TooLarge(state.max_body_bytes));
     }
-    let received = ReceivedAt::now();
+    let received = Received::now(request_id);
     let body = tokio::time::timeout(
         state.body_read_timeout,
         Limited::new(request.into_body(), state.max_body_bytes).collect(),

@@ -262,6 +262,7 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
     let properties = &delivery.properties;
     let headers = properties.headers().as_ref();
     let dedup_key = short(properties.message_id().as_ref());
+    let request_id = short(properties.correlation_id().as_ref());
     let kind = short(properties.kind().as_ref());
     let message_id = header_text(headers, "x-bandwidth-message-id").unwrap_or_default();
     let routing_key = delivery.routing_key.as_str();
@@ -278,6 +279,7 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
         let acked = delivery.ack(BasicAckOptions::default()).await.is_ok();
         info!(
             dedup_key,
+            request_id,
             kind,
             attempt,
             outcome = Outcome::Duplicate.word(),
@@ -313,6 +315,7 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
             let acked = delivery.ack(BasicAckOptions::default()).await.is_ok();
             info!(
                 dedup_key,
+                request_id,
                 kind,
                 attempt,
                 outcome = Outcome::Handled.word(),
@@ -329,7 +332,7 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
                 Outcome::Failed
             };
             state.metrics.delivery(outcome);
-            warn!(dedup_key, kind, attempt, outcome = outcome.word(), %error, duration_ms = duration_ms(), "delivery failed");
+            warn!(dedup_key, request_id, kind, attempt, outcome = outcome.word(), %error, duration_ms = duration_ms(), "delivery failed");
             if !last {
                 tokio::time::sleep(retry_backoff(attempt)).await;
             }

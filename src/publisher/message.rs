@@ -3,12 +3,12 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use super::ReceivedAt;
+use super::Received;
 use crate::event::Event;
 
 /// Longest value copied from an event into a property or header; a longer one is left out
-/// (the body still carries it). With every copied value this short, a message's whole header
-/// frame stays under 1.5 KB, well below 4 096 bytes, the smallest `frame_max` an AMQP 0-9-1
+/// (the body still carries it). With every copied value this short (and a request id of at most
+/// 128 bytes), a message's whole header frame stays under 2 KB, well below 4 096 bytes, the smallest `frame_max` an AMQP 0-9-1
 /// broker may negotiate: no event can make the broker refuse the frame and close the
 /// connection that every request shares. 255 is also AMQP's limit for short strings, which
 /// the `type` property is.
@@ -24,7 +24,7 @@ pub(super) fn routing_key(event: &Event) -> ShortString {
 }
 
 /// The AMQP properties and headers of the contract.
-pub(super) fn properties(event: &Event, received: &ReceivedAt) -> BasicProperties {
+pub(super) fn properties(event: &Event, received: &Received) -> BasicProperties {
     let mut headers = FieldTable::default();
     let text = |value: &str| AMQPValue::LongString(LongString::from(value));
     headers.insert("x-deduplication-header".into(), text(&event.dedup_key));
@@ -45,6 +45,8 @@ pub(super) fn properties(event: &Event, received: &ReceivedAt) -> BasicPropertie
         .with_message_id(ShortString::from(event.dedup_key.as_str()))
         .with_timestamp(received.unix_secs)
         .with_app_id(APP_ID.into())
+        // At most 128 bytes: a caller's id is reused only when it is that short.
+        .with_correlation_id(ShortString::from(received.request_id.as_str()))
         .with_headers(headers);
     match bounded(&event.kind) {
         Some(kind) => properties.with_type(ShortString::from(kind)),
@@ -72,10 +74,11 @@ mod tests {
         }
     }
 
-    fn received() -> ReceivedAt {
-        ReceivedAt {
+    fn received() -> Received {
+        Received {
             unix_secs: 1_700_000_000,
             rfc3339: "2023-11-14T22:13:20.000Z".into(),
+            request_id: "bw-req-7".into(),
         }
     }
 
@@ -110,6 +113,10 @@ mod tests {
             Some("message-delivered")
         );
         assert_eq!(*p.timestamp(), Some(1_700_000_000));
+        assert_eq!(
+            p.correlation_id().as_ref().map(ShortString::as_str),
+            Some("bw-req-7")
+        );
         assert_eq!(
             p.app_id().as_ref().map(ShortString::as_str),
             Some("bandwidth-forwarder")

@@ -79,17 +79,20 @@ impl PublishError {
     }
 }
 
-/// When a request was received, in the two forms the message carries.
+/// When a request was received, in the two forms the message carries, and its id.
 #[derive(Debug, Clone)]
-pub struct ReceivedAt {
+pub struct Received {
     /// Unix seconds, for the `timestamp` property.
     pub unix_secs: u64,
     /// RFC 3339 UTC, for the `x-received-at` header.
     pub rfc3339: String,
+    /// The request's id (`X-Request-Id`), for the `correlation_id` property.
+    pub request_id: String,
 }
 
-impl ReceivedAt {
-    pub fn now() -> Self {
+impl Received {
+    /// Now, for the request `request_id`.
+    pub fn now(request_id: &str) -> Self {
         let now = SystemTime::now();
         Self {
             unix_secs: now
@@ -97,6 +100,7 @@ impl ReceivedAt {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             rfc3339: humantime::format_rfc3339_millis(now).to_string(),
+            request_id: request_id.to_owned(),
         }
     }
 }
@@ -104,7 +108,7 @@ impl ReceivedAt {
 /// One request's events and where to send the outcome.
 struct Job {
     events: Vec<Event>,
-    received: ReceivedAt,
+    received: Received,
     deadline: Instant,
     reply: oneshot::Sender<Result<(), PublishError>>,
 }
@@ -219,7 +223,7 @@ impl Publisher {
     pub async fn publish(
         &self,
         events: Vec<Event>,
-        received: ReceivedAt,
+        received: Received,
     ) -> Result<(), PublishError> {
         if let Some(reason) = self.unavailable_reason() {
             return Err(reason);
@@ -288,14 +292,14 @@ mod tests {
         let (publisher, queued) = without_workers(1);
         let first = tokio::spawn({
             let publisher = publisher.clone();
-            async move { publisher.publish(Vec::new(), ReceivedAt::now()).await }
+            async move { publisher.publish(Vec::new(), Received::now("test")).await }
         });
         while queued.is_empty() {
             tokio::task::yield_now().await;
         }
 
         let started = Instant::now();
-        let second = publisher.publish(Vec::new(), ReceivedAt::now()).await;
+        let second = publisher.publish(Vec::new(), Received::now("test")).await;
         assert_eq!(second, Err(PublishError::Overloaded));
         assert_eq!(second.unwrap_err().code(), "overloaded");
         assert!(started.elapsed() < Duration::from_millis(100));

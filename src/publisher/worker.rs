@@ -322,7 +322,7 @@ async fn fail_remaining(jobs: &async_channel::Receiver<Job>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ReceivedAt;
+    use super::super::Received;
     use super::*;
     use crate::event::Event;
     use lapin::BasicProperties;
@@ -342,7 +342,7 @@ mod tests {
             .collect();
         Job {
             events,
-            received: ReceivedAt::now(),
+            received: Received::now("test"),
             deadline: Instant::now(),
             reply: tokio::sync::oneshot::channel().0,
         }

@@ -321,3 +321,34 @@ async fn head_is_answered_wherever_get_is() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn each_message_carries_its_requests_id_as_correlation_id() {
+    let app = spawn_app(test_settings()).await;
+    let body = r#"[{"type":"message-sent"},{"type":"message-delivered"}]"#;
+    let traced = app
+        .post_callback_with(body, &[("x-request-id", "bw-trace-9")])
+        .await;
+    assert_eq!(traced.status, StatusCode::OK);
+    let untraced = app.post_callback(body).await;
+    let generated = untraced
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a generated id")
+        .to_owned();
+    let ids: Vec<String> = app
+        .drain()
+        .await
+        .iter()
+        .map(|m| {
+            m.properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .expect("correlation_id")
+        })
+        .collect();
+    assert_eq!(ids, ["bw-trace-9", "bw-trace-9", &generated, &generated]);
+    app.stop().await;
+}
