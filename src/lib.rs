@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod consumer;
 pub mod event;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod publisher;

@@ -27,6 +27,12 @@ enum Command {
     CheckConfig,
     /// Consume events from a queue of your own and run a handler for each.
     Consume(ConsumeArgs),
+    /// Exit 0 if a probe URL answers 200 (for a container's HEALTHCHECK).
+    Healthcheck {
+        /// The probe to GET.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Move a consumer's dead-lettered events (NAME.dead) back to its queue NAME.
     Replay {
         /// The consumer's queue.
@@ -95,6 +101,16 @@ impl ConsumeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no settings: a broken configuration must not make a running service look unhealthy.
+    if let Some(Command::Healthcheck { url }) = &cli.command {
+        return match bandwidth_forwarder::healthcheck::check(url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("unhealthy: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
@@ -120,6 +136,7 @@ fn main() -> ExitCode {
                 .and_then(|runtime| runtime.block_on(consumer::replay(&settings, &queue, limit)))
                 .map(|moved| println!("{moved}"))
         }
+        Some(Command::Healthcheck { .. }) => unreachable!("handled before the settings"),
         Some(Command::Serve) | None => {
             telemetry::init(&settings.log);
             app::serve(settings, cli.config)

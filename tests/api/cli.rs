@@ -129,3 +129,34 @@ fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
         "colour codes in a pipe: {stderr:?}"
     );
 }
+
+#[tokio::test]
+async fn healthcheck_succeeds_only_on_a_200() {
+    let app = crate::helpers::spawn_app(crate::helpers::test_settings()).await;
+    let run = |url: String| {
+        Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .expect("run the binary")
+    };
+    let base = format!("http://{}", app.addr);
+    let healthy = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || run(format!("{base}/healthz"))
+    })
+    .await
+    .expect("task");
+    assert!(healthy.status.success(), "{healthy:?}");
+    let missing = tokio::task::spawn_blocking(move || run(format!("{base}/nowhere")))
+        .await
+        .expect("task");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{missing:?}"
+    );
+    app.stop().await;
+    let port = crate::common::free_port();
+    let refused = run(format!("http://127.0.0.1:{port}/healthz"));
+    assert_eq!(refused.status.code(), Some(1));
+}

