@@ -15,5 +15,6 @@ mod hostile;
 mod isolation;
 mod logs;
 mod metrics;
+mod operations;
 mod properties;
 mod shutdown;
