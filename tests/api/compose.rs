@@ -87,17 +87,7 @@ fn the_reference_consumers_command_is_one_the_binary_accepts() {
     assert_eq!(consumer["build"].as_str(), Some("."));
     let command = strings(&consumer["command"]);
     assert_eq!(command.first(), Some(&"consume"));
-    // Every flag parses: `--help` after them prints the help only if nothing before failed.
-    let output = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
-        .args(&command)
-        .arg("--help")
-        .output()
-        .expect("run the binary");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::common::assert_cli_accepts(&command);
 }
 
 #[test]

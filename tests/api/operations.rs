@@ -188,16 +188,7 @@ fn the_consumer_deployment_runs_a_command_the_binary_accepts_and_outlasts_its_ha
     let pod = &deployment["spec"]["template"];
     let container = &pod["spec"]["containers"][0];
     let args = strings(&container["args"]);
-    let output = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
-        .args(&args)
-        .arg("--help")
-        .output()
-        .expect("run the binary");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::common::assert_cli_accepts(&args);
     check_config_as_deployed(container);
     let listen = arg(&args, "--listen");
     let port = container["ports"][0]["containerPort"]

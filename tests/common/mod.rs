@@ -574,3 +574,18 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// Asserts that the binary's command line accepts `args`: `--help` after them prints the help
+/// only if every flag before it parsed.
+pub fn assert_cli_accepts(args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("run the binary");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
