@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use tokio_util::sync::CancellationToken;
@@ -68,9 +69,7 @@ async fn connect_any(
         let index = (first + offset) % uris.len();
         let uri = &uris[index];
         let attempt = async {
-            let connection = Connection::connect(uri, properties())
-                .await
-                .map_err(|e| DeclareError::Retry(e.to_string()))?;
+            let connection = open(uri, settings).await.map_err(DeclareError::Retry)?;
             if let Err(error) = topology.declare(&connection).await {
                 let _ = connection.close(200, "topology failed".into()).await;
                 return Err(error);
@@ -133,6 +132,27 @@ pub fn quorum_arguments() -> FieldTable {
         AMQPValue::LongString(LongString::from("quorum")),
     );
     arguments
+}
+
+/// Opens a connection; `amqps://` trusts the system's CAs and those of `amqp.tls_ca_file`
+/// (read at every connect, so a replaced file applies at the next reconnect). A URI never
+/// falls back from TLS to plain text.
+async fn open(uri: &str, settings: &AmqpSettings) -> Result<Connection, String> {
+    let cert_chain = match settings.tls_ca_file.as_str() {
+        "" => None,
+        path => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("reading amqp.tls_ca_file `{path}`: {e}"))?,
+        ),
+    };
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    Connection::connect_with_config(uri, properties(), tls, runtime)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn properties() -> ConnectionProperties {

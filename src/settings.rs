@@ -146,6 +146,8 @@ impl AuthSettings {
 pub struct AmqpSettings {
     /// One or more AMQP URIs separated by commas, tried in order.
     pub uri: Secret,
+    /// PEM file of CA certificates trusted for `amqps://` besides the system's; empty = none.
+    pub tls_ca_file: String,
     /// Durable topic exchange every event is published to.
     pub exchange: String,
     /// Routing key template: `{type}` and field placeholders such as
@@ -169,6 +171,7 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
             uri: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            tls_ca_file: String::new(),
             exchange: "bandwidth.messaging".into(),
             routing_key: "{type}".into(),
             publish_timeout_ms: 5_000,
@@ -376,6 +379,23 @@ impl Settings {
                 );
             }
         }
+        if !self.amqp.tls_ca_file.is_empty() {
+            match std::fs::read_to_string(&self.amqp.tls_ca_file) {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
+                Ok(_) => {
+                    return invalid(
+                        "amqp.tls_ca_file",
+                        format!("`{}` holds no PEM certificate", self.amqp.tls_ca_file),
+                    );
+                }
+                Err(e) => {
+                    return invalid(
+                        "amqp.tls_ca_file",
+                        format!("`{}` cannot be read: {e}", self.amqp.tls_ca_file),
+                    );
+                }
+            }
+        }
         check_name("amqp.exchange", &self.amqp.exchange)?;
         if self.amqp.exchange.starts_with("amq.") {
             return invalid(
@@ -581,6 +601,14 @@ mod tests {
         rejects(|s| s.amqp.uri = Secret::new("http://x"), "amqp.uri");
         rejects(|s| s.amqp.exchange = String::new(), "amqp.exchange");
         rejects(|s| s.amqp.channels = 0, "amqp.channels");
+        rejects(
+            |s| s.amqp.tls_ca_file = "/nonexistent/ca.pem".into(),
+            "amqp.tls_ca_file",
+        );
+        rejects(
+            |s| s.amqp.tls_ca_file = "Cargo.toml".into(),
+            "amqp.tls_ca_file",
+        );
         rejects(
             |s| s.amqp.routing_key = "{type}.#".into(),
             "amqp.routing_key",

@@ -18,3 +18,4 @@ mod metrics;
 mod operations;
 mod properties;
 mod shutdown;
+mod tls;
