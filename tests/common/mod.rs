@@ -59,6 +59,50 @@ impl Answer {
     }
 }
 
+/// How a request ended without an answer.
+#[derive(Debug)]
+pub enum NoAnswer {
+    /// No connection was made (nothing listening).
+    Refused,
+    /// Connected, then the connection closed or reset before a whole answer came.
+    Dropped(String),
+}
+
+/// Sends one request and reads the whole answer, or says how it failed.
+pub async fn try_send(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Answer, NoAnswer> {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body)).expect("request");
+    let response = client.request(request).await.map_err(|e| {
+        if e.is_connect() {
+            NoAnswer::Refused
+        } else {
+            NoAnswer::Dropped(e.to_string())
+        }
+    })?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| NoAnswer::Dropped(e.to_string()))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
 /// Sends one request and reads the whole answer; `None` when no answer came (connection
 /// refused or reset, as while a forwarder stops).
 pub async fn send(
@@ -68,20 +112,7 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Option<Answer> {
-    let mut builder = Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder.body(Full::new(body)).expect("request");
-    let response = client.request(request).await.ok()?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some(Answer {
-        status,
-        headers,
-        body,
-    })
+    try_send(client, method, url, headers, body).await.ok()
 }
 
 /// The value of one series in a Prometheus text exposition, matched by its whole name and
