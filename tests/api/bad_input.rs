@@ -178,6 +178,21 @@ async fn other_methods_and_paths_get_405_and_404() {
     app.stop().await;
 }
 
+/// Reads one answer's head and body (as far as 3 s allow) while the request is unfinished.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
+            Ok(Err(error)) => panic!("reading the answer: {error}"),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
     let mut settings = test_settings();
@@ -195,32 +210,41 @@ async fn bodies_over_the_limit_get_413() {
     )
     .await;
 
-    // Chunked, no Content-Length: the limit holds while streaming.
+    // A Content-Length over the limit is answered before any of the body is sent: the server
+    // neither waits for nor buffers it.
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        app.settings.http.path,
+        big.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"error\":\"body_too_large\""), "{answer}");
+
+    // Chunked, no Content-Length: the answer comes as soon as the chunks pass the limit,
+    // before the body ends (no terminating chunk is ever sent).
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
     let head = format!(
         "POST {} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
         app.settings.http.path
     );
     stream.write_all(head.as_bytes()).await.expect("write head");
-    for chunk in big.as_bytes().chunks(300) {
+    for chunk in big.as_bytes()[..1200].chunks(300) {
         let framed = format!(
             "{:x}\r\n{}\r\n",
             chunk.len(),
             String::from_utf8_lossy(chunk)
         );
-        if stream.write_all(framed.as_bytes()).await.is_err() {
-            break;
-        }
+        stream
+            .write_all(framed.as_bytes())
+            .await
+            .expect("write a chunk");
     }
-    let _ = stream.write_all(b"0\r\n\r\n").await;
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
-    let response = String::from_utf8_lossy(&response);
-    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
-    assert!(
-        response.contains("\"error\":\"body_too_large\""),
-        "{response}"
-    );
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"error\":\"body_too_large\""), "{answer}");
     assert!(app.drain().await.is_empty());
 
     // Exactly at the limit is fine.
