@@ -367,3 +367,38 @@ async fn a_junk_flood_from_one_client_leaves_valid_callbacks_answered() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_trickled_a_byte_at_a_time_still_gets_408_at_the_deadline() {
+    let mut settings = test_settings();
+    settings.http.body_read_timeout_ms = 600;
+    let app = spawn_app(settings).await;
+    let body = br#"[{"type":"message-sent","message":{"id":"trickle"}}]"#;
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream
+        .write_all(post_head(&app, &format!("content-length: {}\r\n", body.len())).as_bytes())
+        .await
+        .expect("send the head");
+    let started = Instant::now();
+    // A byte every 100 ms: always progressing, never done within the deadline. A timer that
+    // restarts on every byte would wait for all of them (over 5 s).
+    let trickle = async {
+        for byte in body.iter() {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), trickle).await;
+    let took = started.elapsed();
+    let response = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains(r#""error":"body_timeout""#), "{response}");
+    assert!(
+        took < Duration::from_millis(600 * 3),
+        "cut off after {took:?}, not at the 600 ms deadline"
+    );
+    assert!(app.drain().await.is_empty());
+    app.stop().await;
+}
