@@ -218,34 +218,61 @@ async fn closing_after_sending_neither_loses_the_answer_nor_cancels_the_publish(
 async fn connections_over_the_cap_get_503_until_one_closes() {
     let mut settings = test_settings();
     settings.http.max_connections = 3;
-    let app = spawn_app(settings).await;
-    // The test client's pooled connection may hold one permit; fill the rest with idle sockets.
+    // Serving without waiting for /readyz: no pooled client connection holds a slot, so the
+    // raw sockets below are the only connections.
+    let app = bind_app(settings).await.serve();
+    let healthz = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(TcpStream::connect(app.addr).await.expect("connect"));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (response, _) = raw_exchange(
-        &app,
-        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await;
-    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    // The third idle connection holds the last slot: the server answers it when asked.
+    let mut third = idle.pop().expect("three");
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("ask");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), third.read_exact(&mut head))
+        .await
+        .expect("answered in time")
+        .expect("answer");
+    assert_eq!(
+        &head, b"HTTP/1.1 200",
+        "the third connection is within the cap"
+    );
+    idle.push(third);
+
+    let (response, _) = raw_exchange(&app, healthz, Duration::from_secs(5)).await;
+    assert!(
+        response.starts_with("HTTP/1.1 503"),
+        "the fourth is over: {response}"
+    );
     assert!(response.contains("retry-after: "), "{response}");
     assert!(
         response.contains(r#""error":"too_many_connections""#),
         "{response}"
     );
-    drop(idle);
+
+    // One closes: one slot is free, and only one.
+    drop(idle.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (response, _) = raw_exchange(
-        &app,
-        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let mut holder = TcpStream::connect(app.addr).await.expect("connect");
+    holder
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("ask");
+    tokio::time::timeout(Duration::from_secs(5), holder.read_exact(&mut head))
+        .await
+        .expect("answered in time")
+        .expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 200", "the freed slot is taken");
+    let (response, _) = raw_exchange(&app, healthz, Duration::from_secs(5)).await;
+    assert!(
+        response.starts_with("HTTP/1.1 503"),
+        "the cap holds again: {response}"
+    );
+    drop((idle, holder));
     app.stop().await;
 }
 
