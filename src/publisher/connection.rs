@@ -70,6 +70,7 @@ pub(super) async fn supervise(
                         warn!(?declared, "re-declaring the topology failed, reconnecting");
                         break false;
                     }
+                    shared.set_connected(true);
                 }
                 event = events.next() => match event {
                     Some(lapin::Event::ConnectionBlocked(reason)) => {

@@ -139,6 +139,13 @@ impl Shared {
         self.metrics.broker_connected.set(i64::from(connected));
     }
 
+    /// A channel was closed under a batch (the exchange may be gone): not ready, and no
+    /// publish is attempted, until the supervisor has declared the topology again.
+    fn topology_lost(&self) {
+        self.set_connected(false);
+        self.redeclare.notify_one();
+    }
+
     fn set_blocked(&self, blocked: bool) {
         self.blocked.store(blocked, Ordering::SeqCst);
         self.metrics.broker_blocked.set(i64::from(blocked));

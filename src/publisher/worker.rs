@@ -204,7 +204,7 @@ async fn publish_batch(
         reply(job, result);
     }
     if !outcome.channel_healthy {
-        shared.redeclare.notify_one();
+        shared.topology_lost();
         warn!(
             worker = config.id,
             "channel failed during a batch, replacing it"

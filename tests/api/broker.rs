@@ -214,20 +214,17 @@ async fn a_deleted_exchange_is_declared_again_after_one_503() {
         "{:?}",
         answer.body
     );
-    let mut recovered = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if app
-            .post_callback(r#"[{"type":"message-sent"}]"#)
-            .await
-            .status
-            == StatusCode::OK
-        {
-            recovered = true;
-            break;
-        }
-    }
+    // The exchange and binding are declared again without further callbacks: once /readyz
+    // says so, the very next callback is published.
+    let recovered = crate::common::ready_within(
+        &http_client(),
+        &format!("http://{}/readyz", app.addr),
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(recovered, "exchange and binding declared again");
+    let answer = app.post_callback(r#"[{"type":"message-sent"}]"#).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     assert_eq!(app.drain().await.len(), 1);
     app.stop().await;
 }
