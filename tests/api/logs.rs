@@ -55,9 +55,9 @@ async fn request_lines_carry_facts_but_no_secrets_or_text() {
     assert_eq!(answered.0, StatusCode::OK, "{}", answered.1);
     let bad = format!("Basic {}", STANDARD.encode(format!("bw:{PASSWORD}-wrong")));
     assert_eq!(post(&url, &bad, body).await.0, StatusCode::UNAUTHORIZED);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let logs = forwarder.logs();
+    // Every line the process ever writes, to its exit: a leak logged late is seen too.
+    let (code, logs) = forwarder.stop().await;
+    assert_eq!(code, Some(0), "{logs}");
     for secret in [PASSWORD, TEXT, good.as_str(), bad.as_str()] {
         assert!(
             !logs.contains(secret),

@@ -320,6 +320,8 @@ pub struct Forwarder {
     pub addr: String,
     logs: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
+    /// The threads reading stderr and stdout; they end when the process does.
+    readers: Vec<std::thread::JoinHandle<()>>,
     config: PathBuf,
 }
 
@@ -328,7 +330,7 @@ fn collect_lines(
     from: impl std::io::Read + Send + 'static,
     into: Arc<Mutex<Vec<String>>>,
     ready: Option<(&'static str, std::sync::mpsc::Sender<serde_json::Value>)>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines().map_while(Result::ok) {
             if let Some((message, tx)) = &ready
@@ -339,7 +341,7 @@ fn collect_lines(
             }
             into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
         }
-    });
+    })
 }
 
 /// Writes a settings file for the binary: `toml` plus JSON logs.
@@ -375,7 +377,7 @@ impl Forwarder {
             .spawn()
             .expect("start the binary");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stderr.take().expect("stderr"), logs.clone(), None);
+        let reader = collect_lines(child.stderr.take().expect("stderr"), logs.clone(), None);
         let deadline = tokio::time::Instant::now() + within;
         let status = loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -391,8 +393,7 @@ impl Forwarder {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let _ = std::fs::remove_file(&config);
-        // The reader thread sees the pipe close right after the exit.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        reader.join().expect("the log reader ends with the process");
         let logged = logs.lock().expect("logs").join("\n");
         (status.code(), logged)
     }
@@ -411,17 +412,20 @@ impl Forwarder {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        collect_lines(
-            child.stderr.take().expect("stderr"),
-            logs.clone(),
-            Some((ready, ready_tx)),
-        );
-        collect_lines(child.stdout.take().expect("stdout"), stdout.clone(), None);
+        let readers = vec![
+            collect_lines(
+                child.stderr.take().expect("stderr"),
+                logs.clone(),
+                Some((ready, ready_tx)),
+            ),
+            collect_lines(child.stdout.take().expect("stdout"), stdout.clone(), None),
+        ];
         let mut forwarder = Self {
             child,
             addr: String::new(),
             logs,
             stdout,
+            readers,
             config,
         };
         match ready_rx.recv_timeout(Duration::from_secs(15)) {
@@ -491,6 +495,28 @@ impl Forwarder {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// SIGTERM, then waits for the exit and for every line it wrote: exit code and the whole
+    /// log.
+    pub async fn stop(mut self) -> (Option<i32>, String) {
+        self.signal("TERM");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still running 20 s after SIGTERM; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for reader in std::mem::take(&mut self.readers) {
+            reader.join().expect("output reader");
+        }
+        (status.code(), self.logs())
     }
 
     /// Waits until `/readyz` answers 200.
