@@ -16,6 +16,6 @@ mod isolation;
 mod logs;
 mod metrics;
 mod operations;
-mod properties;
+mod parser_properties;
 mod shutdown;
 mod tls;

@@ -118,6 +118,31 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// An event whose `deep` field nests `levels` arrays and objects around a random value: around
+/// `MAX_DEPTH`, on both sides of it.
+fn deeply_nested_event() -> impl Strategy<Value = String> {
+    (25usize..40, any::<u64>(), json_value()).prop_map(|(levels, shapes, inner)| {
+        let mut nested = inner.to_string();
+        for level in 0..levels {
+            nested = if shapes >> (level % 64) & 1 == 1 {
+                format!(r#"{{"k":{nested}}}"#)
+            } else {
+                format!("[{nested}]")
+            };
+        }
+        format!(r#"[{{"type":"message-sent","deep":{nested}}}]"#)
+    })
+}
+
+/// An event that repeats a key, written as text (a `Value` cannot hold a duplicate): one of
+/// the four the forwarder reads (invalid) or another (valid).
+fn event_with_a_repeated_key() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(vec!["type", "to", "time", "message", "id", "text"]);
+    (key, json_value(), json_value()).prop_map(|(key, first, second)| {
+        format!(r#"[{{"type":"message-sent","{key}":{first},"{key}":{second}}}]"#)
+    })
+}
+
 fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
     for &(position, byte, kind) in edits {
         if bytes.is_empty() {
@@ -163,6 +188,46 @@ proptest! {
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         check(&bytes)?;
     }
+
+    #[test]
+    fn nesting_around_the_depth_limit_is_judged_as_the_contract_says(body in deeply_nested_event()) {
+        check(body.as_bytes())?;
+    }
+
+    #[test]
+    fn repeated_keys_are_judged_as_the_contract_says(body in event_with_a_repeated_key()) {
+        check(body.as_bytes())?;
+    }
+}
+
+#[test]
+fn the_new_generators_reach_both_verdicts() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut verdicts = [HashSet::new(), HashSet::new()];
+    for _ in 0..400 {
+        let deep = deeply_nested_event()
+            .new_tree(&mut runner)
+            .expect("tree")
+            .current();
+        verdicts[0].insert(reference(deep.as_bytes()).is_some());
+        let repeated = event_with_a_repeated_key()
+            .new_tree(&mut runner)
+            .expect("tree")
+            .current();
+        verdicts[1].insert(reference(repeated.as_bytes()).is_some());
+    }
+    assert_eq!(
+        verdicts[0].len(),
+        2,
+        "deep bodies both within and past the limit"
+    );
+    assert_eq!(
+        verdicts[1].len(),
+        2,
+        "repeated keys both allowed and refused"
+    );
 }
 
 #[test]
