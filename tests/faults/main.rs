@@ -210,7 +210,7 @@ async fn recover_and_report(
     subject: &Subject,
     run: Run,
     within: Duration,
-) -> Report {
+) -> (Report, LoadResult) {
     assert!(
         wait_ready(&forwarder.url("/readyz"), within).await,
         "no recovery within {within:?}; logs:\n{}",
@@ -226,9 +226,11 @@ async fn recover_and_report(
         run.fault,
     );
     report.print();
+    // Every id is posted once: a second copy would be a publish the forwarder repeated.
+    assert_eq!(report.duplicates, 0, "duplicates without a retry");
     assert_eq!(report.lost, 0);
     assert_recovered(&load, ready);
-    report
+    (report, load)
 }
 
 #[tokio::test]
@@ -271,7 +273,7 @@ async fn s2_broker_stop_app_and_start_app_mid_load() {
     }
     let run = Run { stop, load, fault };
     let scenario = "2. stop_app / start_app";
-    let report =
+    let (report, _) =
         recover_and_report(scenario, &forwarder, &subject, run, Duration::from_secs(30)).await;
     assert!(
         report.failures.contains_key(&503),
@@ -288,6 +290,7 @@ async fn s3_memory_alarm_blocks_then_recovers() {
     let (stop, load) = start_load(callback.clone(), "s3", false);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fault;
+    let blocked;
     {
         let watermark = run_script(
             "rabbitmqctl",
@@ -303,6 +306,7 @@ async fn s3_memory_alarm_blocks_then_recovers() {
             "readyz must turn 503 within 1 s of the alarm"
         );
         let blocked_after = fault.elapsed();
+        let blocked_seen = Instant::now();
         let started = Instant::now();
         let status = status_of_post(&callback).await;
         assert_eq!(status, 503, "a callback during the alarm");
@@ -312,9 +316,10 @@ async fn s3_memory_alarm_blocks_then_recovers() {
         );
         eprintln!("memory alarm: readyz 503 after {blocked_after:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
+        blocked = blocked_seen..Instant::now();
     }
     let run = Run { stop, load, fault };
-    recover_and_report(
+    let (_, load) = recover_and_report(
         "3. memory alarm",
         &forwarder,
         &subject,
@@ -322,6 +327,18 @@ async fn s3_memory_alarm_blocks_then_recovers() {
         Duration::from_secs(20),
     )
     .await;
+    // A blocked broker reads no publish, so nothing is confirmed: no 2xx while it is blocked,
+    // but for confirms of what it had taken before the alarm (within the first 500 ms).
+    let quiet = blocked.start + Duration::from_millis(500)..blocked.end;
+    let confirmed_while_blocked: Vec<_> = load
+        .attempts
+        .iter()
+        .filter(|a| (200..300).contains(&a.status) && quiet.contains(&a.at))
+        .collect();
+    assert!(
+        confirmed_while_blocked.is_empty(),
+        "2xx while the broker blocked publishing: {confirmed_while_blocked:?}"
+    );
 }
 
 /// Status of posting one callback (0 when no answer came within 10 s).
@@ -350,6 +367,8 @@ async fn signal_mid_load(signal: &'static str, scenario: &'static str) -> Report
     let load = finish_load(stop, load).await;
     let report = Report::new(scenario, &load, &subject.stored(&subject.uri).await, fault);
     report.print();
+    // Every id is posted once: a second copy would be a publish the forwarder repeated.
+    assert_eq!(report.duplicates, 0, "duplicates without a retry");
     assert!(report.ok > 0, "load ran before the signal");
     report
 }
@@ -425,6 +444,8 @@ async fn s6_cluster_node_loss_fails_over() {
         fault,
     );
     report.print();
+    // Every id is posted once: a second copy would be a publish the forwarder repeated.
+    assert_eq!(report.duplicates, 0, "duplicates without a retry");
     assert_eq!(report.lost, 0);
 }
 
