@@ -67,6 +67,7 @@ fn the_shipped_haproxy_config_is_valid() {
 #[tokio::test]
 async fn replicas_behind_the_shipped_balancer_share_callbacks_drain_out_of_rotation_and_return() {
     let (exchange, queue) = (unique("ex"), unique("q"));
+    let _leftovers = crate::common::Leftovers::of(&[&queue], &[&exchange]);
     let ports = [free_port(), free_port()];
     // A body that never arrives is cut after 3 s: the length of the drain below.
     let toml = |port: u16| {

@@ -258,6 +258,7 @@ async fn a_bounded_archive_queue_keeps_the_newest_events_and_never_refuses_a_pub
 #[tokio::test]
 async fn a_queue_that_exists_with_other_arguments_is_named_in_a_warning_and_publishing_goes_on() {
     let (exchange, queue) = (unique("ex"), unique("q"));
+    let _leftovers = crate::common::Leftovers::of(&[&queue], &[&exchange]);
     let channel = broker().await.create_channel().await.expect("channel");
     // As an older version declared it: unbounded.
     declare_plain_quorum_queue(&channel, &queue).await;

@@ -87,6 +87,14 @@ async fn eventually<T: std::fmt::Debug>(
     }
 }
 
+/// A unique consumer queue name; it and its dead-letter queue are deleted when the test ends.
+fn consumer_queue(app: &TestApp, prefix: &str) -> String {
+    let queue = unique(prefix);
+    app.delete_at_end(&queue);
+    app.delete_at_end(&format!("{queue}.dead"));
+    queue
+}
+
 /// Deletes consumer queues and their dead-letter queues.
 async fn delete_queues(app: &TestApp, queues: &[&str]) {
     for queue in queues {
@@ -119,7 +127,10 @@ async fn consumers_with_different_bindings_each_get_exactly_their_events_and_cat
 {
     let app = forwarder().await;
     let toml = consumer_toml(&app);
-    let (receipts, messages) = (unique("receipts"), unique("messages"));
+    let (receipts, messages) = (
+        consumer_queue(&app, "receipts"),
+        consumer_queue(&app, "messages"),
+    );
     let receipts_args = ["--queue", receipts.as_str(), "--bind", "message.delivered"];
     let receipts_consumer = Forwarder::consume(&toml, &receipts_args);
     let messages_consumer = Forwarder::consume(
@@ -180,7 +191,7 @@ async fn consumers_with_different_bindings_each_get_exactly_their_events_and_cat
 #[tokio::test]
 async fn the_same_event_twice_is_handled_once_and_another_event_runs() {
     let app = forwarder().await;
-    let queue = unique("dedup");
+    let queue = consumer_queue(&app, "dedup");
     let handled = Scratch::new();
     let exec = format!("echo \"$BANDWIDTH_MESSAGE_ID\" >> {}", handled.path());
     let consumer = Forwarder::consume(
@@ -244,7 +255,7 @@ async fn dead_lettered(
     id: &str,
 ) -> (Vec<String>, Message, String) {
     let app = forwarder().await;
-    let queue = unique("failing");
+    let queue = consumer_queue(&app, "failing");
     let attempts = Scratch::new();
     let exec = format!(
         "echo \"$BANDWIDTH_DELIVERY_ATTEMPT\" >> {}; {then}",
@@ -343,7 +354,7 @@ async fn a_handler_that_runs_too_long_is_killed_with_its_children_and_retried() 
 #[tokio::test]
 async fn an_event_whose_consumer_is_killed_mid_handler_is_handled_by_the_next() {
     let app = forwarder().await;
-    let queue = unique("crash");
+    let queue = consumer_queue(&app, "crash");
     let (started, handled) = (Scratch::new(), Scratch::new());
     let toml = consumer_toml(&app);
     // A sleep no other process runs, so the handler orphaned by the SIGKILL can be found.
@@ -394,7 +405,7 @@ async fn an_event_whose_consumer_is_killed_mid_handler_is_handled_by_the_next() 
 #[tokio::test]
 async fn sigterm_lets_the_running_handler_finish_acks_it_and_exits_0() {
     let app = forwarder().await;
-    let queue = unique("drain");
+    let queue = consumer_queue(&app, "drain");
     let (started, finished) = (Scratch::new(), Scratch::new());
     let exec = format!(
         "echo start >> {}; sleep 1; echo \"$BANDWIDTH_MESSAGE_ID\" >> {}",
@@ -433,7 +444,7 @@ async fn sigterm_lets_the_running_handler_finish_acks_it_and_exits_0() {
 #[tokio::test]
 async fn two_instances_on_one_queue_share_the_work_and_handle_each_event_once() {
     let app = forwarder().await;
-    let queue = unique("shared");
+    let queue = consumer_queue(&app, "shared");
     let (one, two) = (Scratch::new(), Scratch::new());
     let toml = consumer_toml(&app);
     let start = |file: &Scratch| {
@@ -473,7 +484,7 @@ async fn two_instances_on_one_queue_share_the_work_and_handle_each_event_once() 
 #[tokio::test]
 async fn an_existing_queue_with_other_arguments_is_a_clear_error_and_exit_non_zero() {
     let app = forwarder().await;
-    let queue = unique("existing");
+    let queue = consumer_queue(&app, "existing");
     // Declared by hand, without a delivery limit or dead-lettering.
     declare_plain_quorum_queue(&app.channel, &queue).await;
     let (code, logs) = Forwarder::run_to_exit(
@@ -500,7 +511,7 @@ async fn a_routing_template_lets_a_backend_take_one_applications_receipts() {
     let mut settings = test_settings();
     settings.amqp.routing_key = "{message.applicationId}.{type}".into();
     let app = spawn_app(settings).await;
-    let queue = unique("app1-receipts");
+    let queue = consumer_queue(&app, "app1-receipts");
     let consumer = Forwarder::consume(
         &consumer_toml(&app),
         &["--queue", &queue, "--bind", "app-1.message.delivered"],
@@ -547,7 +558,7 @@ async fn a_routing_template_lets_a_backend_take_one_applications_receipts() {
 #[tokio::test]
 async fn a_consumer_with_listen_serves_probes_and_counts_every_outcome() {
     let app = forwarder().await;
-    let queue = unique("observed");
+    let queue = consumer_queue(&app, "observed");
     let exec = r#"test "$BANDWIDTH_MESSAGE_ID" != bad"#;
     let consumer = Forwarder::consume(
         &consumer_toml(&app),
@@ -608,7 +619,7 @@ async fn a_consumer_with_listen_serves_probes_and_counts_every_outcome() {
 #[tokio::test]
 async fn replay_returns_dead_lettered_events_to_the_queue_for_another_try() {
     let app = forwarder().await;
-    let queue = unique("replayed");
+    let queue = consumer_queue(&app, "replayed");
     let (fixed, handled) = (Scratch::new(), Scratch::new());
     // The handler fails until the file `fixed` exists, as a backend does until its bug is fixed.
     let exec = format!(

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use crate::common::{Answer, Message, amqp_uri, broker, drain_queue, unique};
-use crate::common::{HttpClient, READY_WITHIN, http_client, ready_within, send};
+use crate::common::{HttpClient, Leftovers, READY_WITHIN, http_client, ready_within, send};
 
 /// The bytes of a fixture under `tests/fixtures/bandwidth/`.
 pub fn fixture(name: &str) -> Bytes {
@@ -64,6 +64,8 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _connection: Connection,
+    /// Deletes this app's queues and exchange when the test ends, passing or failing.
+    leftovers: std::sync::Mutex<Leftovers>,
 }
 
 /// Starts a forwarder with `settings` and waits until it is ready.
@@ -106,6 +108,14 @@ pub struct BoundApp {
 impl BoundApp {
     /// Starts serving; the broker objects are cleaned up with the returned app.
     pub fn serve(self) -> TestApp {
+        let queues: Vec<&str> = self
+            .settings
+            .amqp
+            .queues
+            .iter()
+            .map(|q| q.name.as_str())
+            .collect();
+        let leftovers = Leftovers::of(&queues, &[&self.settings.amqp.exchange]);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(self.application.run_until_stopped(async {
             let _ = stopped.await;
@@ -118,6 +128,7 @@ impl BoundApp {
             stop: Some(stop),
             task: Some(task),
             _connection: self.connection,
+            leftovers: std::sync::Mutex::new(leftovers),
         }
     }
 }
@@ -201,6 +212,14 @@ impl TestApp {
                 .expect("app run");
         }
         self.cleanup().await;
+    }
+
+    /// Also deletes `queue` (one a test declared beside the app's) when the test ends.
+    pub fn delete_at_end(&self, queue: &str) {
+        self.leftovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue(queue);
     }
 
     /// Deletes the queues and exchange this app declared.

@@ -246,6 +246,7 @@ async fn post_as(forwarder: &Forwarder, user: &str, password: &str) -> StatusCod
 #[tokio::test]
 async fn sighup_reloads_credentials_and_keeps_them_when_the_new_file_is_invalid() {
     let (exchange, queue) = (unique("ex"), unique("q"));
+    let _leftovers = crate::common::Leftovers::of(&[&queue], &[&exchange]);
     let base = forwarder_toml(&crate::common::amqp_uri(), &exchange, &queue, 3_000);
     let with_auth = |user: &str, extra: &str| {
         format!("{base}[auth]\nusername = \"{user}\"\npassword = \"pw-{user}\"\n{extra}")
@@ -318,6 +319,7 @@ async fn post_json(client: HttpClient, url: String, body: String) -> Option<Answ
 #[tokio::test]
 async fn one_hostile_client_never_hurts_the_valid_callbacks_beside_it() {
     let (exchange, queue) = (unique("ex"), unique("q"));
+    let _leftovers = crate::common::Leftovers::of(&[&queue], &[&exchange]);
     let toml = forwarder_toml(&crate::common::amqp_uri(), &exchange, &queue, 3_000).replacen(
         "[http]\n",
         "[http]\nwrite_timeout_ms = 1000\nheader_read_timeout_ms = 60000\n",

@@ -40,6 +40,7 @@ async fn post(url: &str, authorization: &str, body: String) -> (StatusCode, Stri
 #[tokio::test]
 async fn request_lines_carry_facts_but_no_secrets_or_text() {
     let (exchange, queue) = (unique("ex"), unique("q"));
+    let _leftovers = crate::common::Leftovers::of(&[&queue], &[&exchange]);
     let forwarder = Forwarder::start(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nusername = \"bw\"\npassword = \"{PASSWORD}\"\n\
          [amqp]\nuri = \"{}\"\nexchange = \"{exchange}\"\n[[amqp.queues]]\nname = \"{queue}\"\n\
@@ -94,6 +95,7 @@ async fn request_lines_carry_facts_but_no_secrets_or_text() {
 #[tokio::test]
 async fn unroutable_events_are_logged_without_their_body() {
     let exchange = unique("ex");
+    let _leftovers = crate::common::Leftovers::of(&[], &[&exchange]);
     let forwarder = Forwarder::start(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n[amqp]\nuri = \"{}\"\nexchange = \"{exchange}\"\n\
          queues = []\n",

@@ -90,6 +90,7 @@ async fn an_admitted_request_finishes_while_new_ones_get_503() {
 async fn sigterm_under_load_answers_everything_and_exits_0() {
     let exchange = unique("ex");
     let queue = unique("q");
+    let _leftovers = crate::common::Leftovers::of(&[&queue], &[&exchange]);
     let forwarder = Forwarder::start(&forwarder_toml(&amqp_uri(), &exchange, &queue, 5_000));
     assert!(
         !forwarder.addr.ends_with(":0"),

@@ -303,6 +303,81 @@ pub async fn declare_plain_quorum_queue(channel: &Channel, queue: &str) {
         .expect("declare a plain quorum queue");
 }
 
+/// Broker objects a test made. Dropped — at the end of the test, passing or failing — it
+/// deletes them, on a thread with a runtime of its own since `Drop` cannot await; a failed
+/// deletion fails the test (unless it is already failing).
+#[derive(Default)]
+pub struct Leftovers {
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+}
+
+impl Leftovers {
+    pub fn of(queues: &[&str], exchanges: &[&str]) -> Self {
+        Self {
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            exchanges: exchanges.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// Adds a queue to delete.
+    pub fn queue(&mut self, name: &str) {
+        self.queues.push(name.to_owned());
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let (queues, exchanges) = (
+            std::mem::take(&mut self.queues),
+            std::mem::take(&mut self.exchanges),
+        );
+        if queues.is_empty() && exchanges.is_empty() {
+            return;
+        }
+        let deleted = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+                    .await
+                    .map_err(|e| format!("connecting to delete {queues:?}: {e}"))?;
+                // A channel per object: a refused deletion closes its channel.
+                for queue in &queues {
+                    let channel = connection
+                        .create_channel()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                        .map_err(|e| format!("deleting queue {queue}: {e}"))?;
+                }
+                for exchange in &exchanges {
+                    let channel = connection
+                        .create_channel()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await
+                        .map_err(|e| format!("deleting exchange {exchange}: {e}"))?;
+                }
+                let _ = connection.close(200, "test cleanup".into()).await;
+                Ok(())
+            })
+        })
+        .join();
+        if !std::thread::panicking() {
+            deleted
+                .expect("the cleanup thread")
+                .expect("the test's queues and exchanges are deleted");
+        }
+    }
+}
+
 /// Deletes a queue and an exchange, ignoring what is already gone.
 pub async fn delete_topology(channel: &Channel, queue: &str, exchange: &str) {
     let _ = channel
