@@ -74,12 +74,27 @@ impl Restore {
 }
 
 impl Drop for Restore {
+    /// Restores the broker on every path; a restore that fails is reported loudly: the
+    /// machine's broker is left changed for every later test. (While the test is already
+    /// failing, the failure is printed rather than raised, so that the first panic shows.)
     fn drop(&mut self) {
-        let _ = Command::new("timeout")
+        let status = Command::new("timeout")
             .arg("180")
             .arg(&self.program)
             .args(&self.args)
             .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            let message = format!(
+                "RESTORING THE BROKER FAILED ({status:?}): `{} {}`; run it by hand",
+                self.program,
+                self.args.join(" ")
+            );
+            if std::thread::panicking() {
+                eprintln!("{message}");
+            } else {
+                panic!("{message}");
+            }
+        }
     }
 }
 
