@@ -268,6 +268,20 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
     let routing_key = delivery.routing_key.as_str();
     let attempt = header_number(headers, "x-delivery-count").map_or(1, |count| count + 1);
     let duration_ms = || started.elapsed().as_secs_f64() * 1000.0;
+    // Counts and logs a delivery that ended acknowledged (never with its body).
+    let settled = |outcome: Outcome, acked: bool| {
+        state.metrics.delivery(outcome);
+        info!(
+            dedup_key,
+            request_id,
+            kind,
+            attempt,
+            outcome = outcome.word(),
+            acked,
+            duration_ms = duration_ms(),
+            "delivery settled"
+        );
+    };
 
     if !dedup_key.is_empty()
         && state
@@ -277,16 +291,7 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
             .contains(dedup_key, Instant::now())
     {
         let acked = delivery.ack(BasicAckOptions::default()).await.is_ok();
-        info!(
-            dedup_key,
-            request_id,
-            kind,
-            attempt,
-            outcome = Outcome::Duplicate.word(),
-            acked,
-            "delivery skipped"
-        );
-        state.metrics.delivery(Outcome::Duplicate);
+        settled(Outcome::Duplicate, acked);
         return;
     }
     let event = handler::Event {
@@ -304,7 +309,6 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
         .observe(started.elapsed().as_secs_f64());
     match ran {
         Ok(()) => {
-            state.metrics.delivery(Outcome::Handled);
             if !dedup_key.is_empty() {
                 state
                     .window
@@ -313,16 +317,7 @@ async fn handle(delivery: Delivery, state: Arc<State>, _permit: OwnedSemaphorePe
                     .remember(dedup_key, Instant::now());
             }
             let acked = delivery.ack(BasicAckOptions::default()).await.is_ok();
-            info!(
-                dedup_key,
-                request_id,
-                kind,
-                attempt,
-                outcome = Outcome::Handled.word(),
-                acked,
-                duration_ms = duration_ms(),
-                "delivery handled"
-            );
+            settled(Outcome::Handled, acked);
         }
         Err(error) => {
             let last = attempt >= state.options.max_attempts;

@@ -595,8 +595,8 @@ async fn a_consumer_with_listen_serves_probes_and_counts_every_outcome() {
             &format!("bandwidth_forwarder_consumer_deliveries_total{{outcome=\"{outcome}\"}}"),
         )
     };
-    // The consumer counts an outcome before it acks or returns the delivery, so with the
-    // event dead-lettered every count is in.
+    // With one handler at a time each outcome is counted before the next delivery starts, and
+    // the last one's before the broker gets it back to dead-letter: every count is in.
     let metrics = get("/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     assert_eq!(counted(&text, "handled"), Some(1.0), "{text}");
