@@ -193,7 +193,7 @@ impl Application {
             .max_header_size(max_header_bytes)
             .half_close(true);
         let graceful = GracefulShutdown::new();
-        let serve = |stream: TcpStream, peer: SocketAddr| {
+        let take_connection = |stream: TcpStream, peer: SocketAddr| {
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 tokio::spawn(refuse_connection(stream, state.retry_after_secs));
                 return;
@@ -230,7 +230,7 @@ impl Application {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => serve(stream, peer),
+                    Ok((stream, peer)) => take_connection(stream, peer),
                     Err(error) => warn!(%error, "accept failed"),
                 },
                 outcome = &mut drained => {

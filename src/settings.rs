@@ -458,10 +458,10 @@ impl Settings {
 
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
-        let mut shown = self.clone();
         let uris: Vec<String> = self.amqp.uris().iter().map(|u| redact_uri(u)).collect();
-        shown.amqp.uri = Secret::new(uris.join(","));
-        let mut table = toml::Table::try_from(&shown).unwrap_or_default();
+        // `amqp.uri` serializes as `[redacted]`; the URIs with only their passwords hidden
+        // replace it.
+        let mut table = toml::Table::try_from(self).unwrap_or_default();
         if let Some(toml::Value::Table(amqp)) = table.get_mut("amqp") {
             amqp.insert("uri".into(), toml::Value::String(uris.join(",")));
         }
