@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bandwidth_forwarder::consumer::compact_json;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::options::BasicGetOptions;
 
 use crate::common::{Forwarder, amqp_uri, declare_plain_quorum_queue, http_client, metric, send};
 use crate::helpers::{Message, TestApp, drain_queue, spawn_app, test_settings, unique};
@@ -95,18 +95,6 @@ fn consumer_queue(app: &TestApp, prefix: &str) -> String {
     queue
 }
 
-/// Deletes consumer queues and their dead-letter queues.
-async fn delete_queues(app: &TestApp, queues: &[&str]) {
-    for queue in queues {
-        for name in [queue.to_string(), format!("{queue}.dead")] {
-            app.channel
-                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .expect("delete a consumer queue");
-        }
-    }
-}
-
 /// The `message.id`s of the JSON lines a stdout consumer printed.
 fn printed_ids(lines: &[String]) -> Vec<String> {
     lines
@@ -184,7 +172,6 @@ async fn consumers_with_different_bindings_each_get_exactly_their_events_and_cat
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(printed_ids(&messages_consumer.stdout_lines()).len(), 5);
     drop((restarted, messages_consumer));
-    delete_queues(&app, &[&receipts, &messages]).await;
     app.stop().await;
 }
 
@@ -225,7 +212,6 @@ async fn the_same_event_twice_is_handled_once_and_another_event_runs() {
         "{logs}"
     );
     drop(consumer);
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
 
@@ -285,7 +271,6 @@ async fn dead_lettered(
     );
     let logs = consumer.logs();
     drop(consumer);
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
     (attempts.lines(), dead.remove(0), logs)
 }
@@ -398,7 +383,6 @@ async fn an_event_whose_consumer_is_killed_mid_handler_is_handled_by_the_next() 
     assert!(lines[0].starts_with("inbound-1 "), "{lines:?}");
     assert_ne!(lines[0], "inbound-1 1", "a redelivery, not a first attempt");
     drop(second);
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
 
@@ -437,7 +421,6 @@ async fn sigterm_lets_the_running_handler_finish_acks_it_and_exits_0() {
         .await
         .expect("basic.get");
     assert!(left.is_none(), "the finished event was acknowledged");
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
 
@@ -477,7 +460,6 @@ async fn two_instances_on_one_queue_share_the_work_and_handle_each_event_once() 
     assert_eq!(all.len(), ids.len(), "none handled twice");
     assert_eq!(unique_ids, ids.iter().collect(), "together all");
     drop(consumers);
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
 
@@ -502,7 +484,6 @@ async fn an_existing_queue_with_other_arguments_is_a_clear_error_and_exit_non_ze
         logs.contains("inequivalent arg 'x-"),
         "names the argument: {logs}"
     );
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
 
@@ -551,7 +532,6 @@ async fn a_routing_template_lets_a_backend_take_one_applications_receipts() {
     expected.extend(["unknown.message.delivered"; 5]);
     assert_eq!(keys, expected);
     drop(consumer);
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
 
@@ -612,7 +592,6 @@ async fn a_consumer_with_listen_serves_probes_and_counts_every_outcome() {
         "one good run and two bad ones: {text}"
     );
     drop(consumer);
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
 
@@ -691,6 +670,5 @@ async fn replay_returns_dead_lettered_events_to_the_queue_for_another_try() {
     assert_eq!(code, Some(1), "{logs}");
     assert!(logs.contains("NOT_FOUND"), "{logs}");
     drop(consumer);
-    delete_queues(&app, &[&queue]).await;
     app.stop().await;
 }
