@@ -1,5 +1,9 @@
 //! Integration tests against a real RabbitMQ (127.0.0.1:5672, or `TEST_AMQP_URI`).
 
+/// These tests share the machine's broker with each other, and wait out fault scenarios that
+/// change it for everyone (`tests/common`, the broker lock).
+const SHARES_THE_BROKER: bool = true;
+
 mod auth;
 mod bad_input;
 mod balancer;

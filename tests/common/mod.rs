@@ -150,6 +150,9 @@ pub async fn ready_within(client: &HttpClient, readyz: &str, within: Duration) -
 
 /// The broker the tests use; `TEST_AMQP_URI` overrides it.
 pub fn amqp_uri() -> String {
+    if crate::SHARES_THE_BROKER {
+        share_the_broker();
+    }
     std::env::var("TEST_AMQP_URI")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
@@ -157,6 +160,41 @@ pub fn amqp_uri() -> String {
 /// A name no other test (or run) uses.
 pub fn unique(prefix: &str) -> String {
     format!("test.{prefix}.{:016x}", fastrand::u64(..))
+}
+
+/// The file every test binary locks around the machine's broker: a test process that uses the
+/// broker holds it shared until it exits, and a fault scenario that changes the broker for
+/// everyone (closing every connection, stopping the app, an alarm) holds it exclusively.
+/// `cargo test` runs the binaries one after another; the lock keeps parallel runners correct.
+fn broker_lock() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("bandwidth-forwarder-broker.lock"))
+        .expect("open the broker lock file")
+}
+
+/// Holds the broker lock shared for the rest of this process (waiting out a fault scenario).
+fn share_the_broker() {
+    static HELD: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let file = broker_lock();
+        file.lock_shared().expect("share the broker lock");
+        file
+    });
+}
+
+/// The broker lock held exclusively: no other test process uses the broker meanwhile.
+pub struct BrokerToOneself(std::fs::File);
+
+impl BrokerToOneself {
+    /// Waits until no other test process holds the broker.
+    pub fn take() -> Self {
+        let file = broker_lock();
+        file.lock().expect("take the broker lock");
+        Self(file)
+    }
 }
 
 /// Connects to `uri` or fails saying how to start a broker.
