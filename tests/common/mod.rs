@@ -90,6 +90,14 @@ pub async fn try_send(
     })?;
     let status = response.status();
     let headers = response.headers().clone();
+    // The forwarder never repeats a header: two `x-request-id`s, say, are a defect.
+    for name in headers.keys() {
+        assert_eq!(
+            headers.get_all(name).iter().count(),
+            1,
+            "header `{name}` repeated in the answer to {url}: {headers:?}"
+        );
+    }
     let body = response
         .into_body()
         .collect()
