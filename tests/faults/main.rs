@@ -346,7 +346,9 @@ async fn s3_memory_alarm_blocks_then_recovers() {
             "503 after {took:?}: at once, not after the {PUBLISH_TIMEOUT_MS} ms publish timeout"
         );
         eprintln!("memory alarm: readyz 503 after {blocked_after:?}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Longer than the publish timeout: requests in flight at the alarm time out while it
+        // lasts, and must be answered 503 then, never 2xx.
+        tokio::time::sleep(Duration::from_millis(PUBLISH_TIMEOUT_MS + 500)).await;
         blocked = blocked_seen..Instant::now();
     }
     let run = Run { stop, load, fault };
