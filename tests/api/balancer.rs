@@ -11,8 +11,8 @@ use hyper::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use crate::common::{
-    Forwarder, Haproxy, HttpClient, READY_WITHIN, amqp_uri, broker, count_ids, delete_topology,
-    forwarder_toml, free_port, http_client, metric, ready_within, send,
+    Forwarder, Haproxy, HttpClient, READY_WITHIN, amqp_uri, broker, count_ids, forwarder_toml,
+    free_port, http_client, metric, ready_within, send,
 };
 use crate::helpers::unique;
 
@@ -177,5 +177,4 @@ async fn replicas_behind_the_shipped_balancer_share_callbacks_drain_out_of_rotat
         );
     }
     drop((first, second, balancer));
-    delete_topology(&channel, &queue, &exchange).await;
 }

@@ -10,8 +10,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use crate::common::{
-    Forwarder, broker, declare_plain_quorum_queue, delete_topology, drain_queue, forwarder_toml,
-    http_client, send,
+    Forwarder, broker, declare_plain_quorum_queue, drain_queue, forwarder_toml, http_client, send,
 };
 use crate::helpers::{Answer, amqp_uri, spawn_app, spawn_app_unready, test_settings, unique};
 
@@ -285,5 +284,4 @@ async fn a_queue_that_exists_with_other_arguments_is_named_in_a_warning_and_publ
     assert!(logs.contains("declaring a bounded archive queue"), "{logs}");
     forwarder.signal("TERM");
     assert_eq!(forwarder.wait_exit(Duration::from_secs(20)).await, Some(0));
-    delete_topology(&channel, &queue, &exchange).await;
 }

@@ -8,7 +8,6 @@ use bandwidth_forwarder::app::Application;
 use bandwidth_forwarder::settings::{QueueSettings, Secret, Settings};
 use bytes::Bytes;
 use hyper::Method;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -199,7 +198,7 @@ impl TestApp {
         drain_queue(&self.channel, self.queue()).await
     }
 
-    /// Stops the app (graceful shutdown) and deletes its queue and exchange.
+    /// Stops the app (graceful shutdown); its queue and exchange go with its `Leftovers`.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -211,7 +210,6 @@ impl TestApp {
                 .expect("app task")
                 .expect("app run");
         }
-        self.cleanup().await;
     }
 
     /// Also deletes `queue` (one a test declared beside the app's) when the test ends.
@@ -220,23 +218,6 @@ impl TestApp {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .queue(queue);
-    }
-
-    /// Deletes the queues and exchange this app declared.
-    pub async fn cleanup(&self) {
-        for queue in &self.settings.amqp.queues {
-            let _ = self
-                .channel
-                .queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = self
-            .channel
-            .exchange_delete(
-                self.settings.amqp.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
     }
 
     /// Triggers graceful shutdown without waiting for it.

@@ -16,8 +16,8 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::task::JoinHandle;
 
 use crate::common::{
-    Answer, Forwarder, HttpClient, count_ids, delete_topology, forwarder_toml, http_client, metric,
-    send, series_count,
+    Answer, Forwarder, HttpClient, count_ids, forwarder_toml, http_client, metric, send,
+    series_count,
 };
 use crate::helpers::{TestApp, read_until_closed, spawn_app, test_settings, unique};
 
@@ -296,12 +296,6 @@ async fn sighup_reloads_credentials_and_keeps_them_when_the_new_file_is_invalid(
 
     forwarder.signal("TERM");
     assert_eq!(forwarder.wait_exit(Duration::from_secs(20)).await, Some(0));
-    let channel = crate::common::broker()
-        .await
-        .create_channel()
-        .await
-        .expect("channel");
-    delete_topology(&channel, &queue, &exchange).await;
 }
 
 /// POSTs a JSON body; the answer, or `None` if none came.
@@ -429,5 +423,4 @@ async fn one_hostile_client_never_hurts_the_valid_callbacks_beside_it() {
     forwarder.signal("TERM");
     let forwarder = Arc::into_inner(forwarder).expect("one owner");
     assert_eq!(forwarder.wait_exit(Duration::from_secs(20)).await, Some(0));
-    delete_topology(&channel, &queue, &exchange).await;
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lapin::options::ExchangeDeleteOptions;
 
-use crate::common::{Forwarder, broker, count_ids, delete_topology, http_client, send};
+use crate::common::{Forwarder, broker, count_ids, http_client, send};
 use crate::helpers::{amqp_uri, unique};
 
 const PASSWORD: &str = "pw-never-logged-7f3a";
@@ -87,7 +87,6 @@ async fn request_lines_carry_facts_but_no_secrets_or_text() {
     let connection = broker().await;
     let channel = connection.create_channel().await.expect("channel");
     assert_eq!(count_ids(&channel, &queue).await.len(), 1);
-    delete_topology(&channel, &queue, &exchange).await;
 }
 
 /// An unroutable event comes back from the broker whole; neither its text nor its bytes may
