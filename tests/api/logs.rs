@@ -125,6 +125,11 @@ async fn unroutable_events_are_logged_without_their_body() {
         .find(|line| line.contains("callback not published"))
         .unwrap_or_else(|| panic!("no request line in\n{logs}"));
     assert_eq!(failed.matches(r#""error":"#).count(), 1, "{failed}");
+    // With no queue of its own, the forwarder says at start what that means for events.
+    assert!(
+        logs.contains("amqp.queues is empty: an event no backend's queue binds is answered 503"),
+        "{logs}"
+    );
     let failed: serde_json::Value = serde_json::from_str(failed).expect("a JSON line");
     assert_eq!(failed["status"], 503);
     assert_eq!(failed["error"], "unroutable");
