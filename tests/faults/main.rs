@@ -24,8 +24,8 @@ use bytes::Bytes;
 use hyper::Method;
 
 use common::{
-    BrokerToOneself, Forwarder, Haproxy, amqp_uri, broker_at, count_ids, delete_topology,
-    forwarder_toml, http_client, send, unique,
+    BrokerToOneself, Forwarder, Haproxy, Leftovers, amqp_uri, broker_at, count_ids,
+    delete_topology, forwarder_toml, http_client, send, unique,
 };
 use load::{LoadResult, Report};
 
@@ -108,14 +108,20 @@ struct Subject {
     uri: String,
     exchange: String,
     queue: String,
+    /// On the machine's broker, the guard that deletes the queue and exchange on every path,
+    /// a failing one too. (A scenario's own cluster is stopped and wiped with its nodes.)
+    leftovers: Option<Leftovers>,
 }
 
 impl Subject {
     fn new(uri: &str) -> Self {
+        let (exchange, queue) = (unique("ex"), unique("q"));
+        let leftovers = (uri == amqp_uri()).then(|| Leftovers::of(&[&queue], &[&exchange]));
         Self {
             uri: uri.to_owned(),
-            exchange: unique("ex"),
-            queue: unique("q"),
+            exchange,
+            queue,
+            leftovers,
         }
     }
 
@@ -139,7 +145,9 @@ impl Subject {
         let connection = broker_at(uri).await;
         let channel = connection.create_channel().await.expect("channel");
         let stored = count_ids(&channel, &self.queue).await;
-        delete_topology(&channel, &self.queue, &self.exchange).await;
+        if self.leftovers.is_none() {
+            delete_topology(&channel, &self.queue, &self.exchange).await;
+        }
         stored
     }
 }
