@@ -14,6 +14,14 @@ use tracing::warn;
 
 use crate::settings::{AmqpSettings, redact_uri};
 
+/// Longest wait for one broker to accept a connection and declare the topology on it, before
+/// the next URI is tried. Independent of `amqp.publish_timeout_ms`, which bounds confirms only.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait to declare the topology again on a live connection after a channel lost it
+/// (an exchange deleted under the forwarder), before the connection is replaced.
+pub const REDECLARE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a topology could not be declared on a fresh connection.
 #[derive(Debug)]
 pub enum DeclareError {
@@ -78,7 +86,7 @@ async fn connect_any(
         };
         let outcome = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
-            outcome = tokio::time::timeout(settings.publish_timeout().max(Duration::from_secs(2)), attempt) => outcome,
+            outcome = tokio::time::timeout(CONNECT_TIMEOUT, attempt) => outcome,
         };
         match outcome {
             Ok(Ok(connection)) => return Ok(Some((connection, index))),

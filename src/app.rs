@@ -117,19 +117,14 @@ impl Application {
     /// Binds the listener and starts connecting to the broker in the background.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let backlog = u32::try_from(settings.http.max_connections).unwrap_or(u32::MAX);
-        let listener = settings
-            .http
-            .listen
-            .parse()
-            .map_err(std::io::Error::other)
-            .and_then(|addr| bind_listener(addr, backlog))
+        let listener = bind_listener(settings.http.listen, backlog)
             .with_context(|| format!("binding http.listen = {}", settings.http.listen))?;
         if !settings.auth.enabled() {
             warn!(
                 "auth.username and auth.password are empty: callbacks are accepted without credentials"
             );
         }
-        let access = Access::new(&settings.auth).map_err(anyhow::Error::msg)?;
+        let access = Access::new(&settings.auth);
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::start(&settings.amqp, metrics.clone()));
         let state = Arc::new(AppState {

@@ -66,6 +66,8 @@ pub enum CallbackError {
     BodyTimeout,
     #[error(transparent)]
     Invalid(#[from] InvalidCallback),
+    #[error("this instance is shutting down; retry")]
+    ShuttingDown,
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
@@ -81,7 +83,7 @@ impl CallbackError {
             }
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::Publish(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Publish(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -95,6 +97,7 @@ impl CallbackError {
             Self::TooLarge(_) => "body_too_large",
             Self::BodyRead(_) => "body_read_error",
             Self::Invalid(invalid) => invalid.code(),
+            Self::ShuttingDown => "shutting_down",
             Self::Publish(publish) => publish.code(),
         }
     }
@@ -173,12 +176,13 @@ async fn callback(
     request_id: &str,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    state.metrics.inflight_requests.inc();
-    let outcome = match state.lifecycle.enter() {
-        Some(_admitted) => accept(state, peer, request, request_id).await,
-        None => Err(CallbackError::Publish(PublishError::ShuttingDown)),
+    let outcome = {
+        let _in_flight = state.metrics.in_flight();
+        match state.lifecycle.enter() {
+            Some(_admitted) => accept(state, peer, request, request_id).await,
+            None => Err(CallbackError::ShuttingDown),
+        }
     };
-    state.metrics.inflight_requests.dec();
     let seconds = started.elapsed().as_secs_f64();
     let latency_ms = seconds * 1000.0;
     state.metrics.callback_answered(
@@ -334,7 +338,9 @@ fn error_for(error: &CallbackError, retry_after_secs: u64) -> Response<Full<Byte
                 HeaderValue::from_static("identity"),
             );
         }
-        CallbackError::Publish(_) => response = with_retry_after(response, retry_after_secs),
+        CallbackError::ShuttingDown | CallbackError::Publish(_) => {
+            response = with_retry_after(response, retry_after_secs)
+        }
         _ => {}
     }
     response

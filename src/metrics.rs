@@ -168,6 +168,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a callback in flight until the returned guard drops, on every path (a request
+    /// whose future is dropped mid-await too).
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.inflight_requests.inc();
+        InFlight(&self.inflight_requests)
+    }
+
     /// Counts one answered request.
     pub fn request(&self, status: u16) {
         self.requests.get_or_create(&[("status", status)]).inc();
@@ -200,6 +207,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// One callback in the in-flight gauge; leaves it when dropped.
+pub struct InFlight<'a>(&'a Gauge<i64, std::sync::atomic::AtomicI64>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -22,7 +22,10 @@ pub async fn on_hangup(mut hangups: Signal, config: Option<PathBuf>, access: Acc
     while hangups.recv().await.is_some() {
         let loaded = Settings::load(config.as_deref())
             .map_err(|error| error.to_string())
-            .and_then(|settings| Access::new(&settings.auth).map(|rules| (settings, rules)));
+            .map(|settings| {
+                let rules = Access::new(&settings.auth);
+                (settings, rules)
+            });
         match loaded {
             Ok((settings, rules)) => {
                 access.replace(rules);

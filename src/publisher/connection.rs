@@ -62,7 +62,7 @@ pub(super) async fn supervise(
                     // A channel was closed under us (e.g. the exchange was deleted): declare
                     // the topology again, or start over on a fresh connection.
                     let declared = tokio::time::timeout(
-                        settings.publish_timeout(),
+                        crate::amqp::REDECLARE_TIMEOUT,
                         topology::declare(&connection, &settings),
                     )
                     .await;

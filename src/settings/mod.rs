@@ -1,12 +1,15 @@
 //! Typed configuration, loaded in layers: built-in defaults < TOML file < `FORWARDER__…` env.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+mod values;
+
+pub use values::{Network, Secret};
 
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
@@ -56,7 +59,7 @@ impl Default for RuntimeSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     /// Address to listen on; port 0 picks a free port.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The route Bandwidth POSTs callbacks to.
     pub path: String,
     /// Bodies larger than this get 413.
@@ -83,7 +86,7 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:8080".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             path: "/callbacks/bandwidth/messaging".into(),
             max_body_bytes: 262_144,
             retry_after_secs: 5,
@@ -107,9 +110,9 @@ pub struct AuthSettings {
     /// More accepted credentials, e.g. old and new during a rotation.
     pub credentials: Vec<Credential>,
     /// Client networks (CIDR) allowed to post callbacks; empty allows every source.
-    pub allowed_sources: Vec<String>,
+    pub allowed_sources: Vec<Network>,
     /// Proxies (CIDR) whose `X-Forwarded-For` names the real client.
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<Network>,
 }
 
 /// One accepted username and password.
@@ -243,38 +246,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A string that never prints: `Debug` and `Serialize` show `[redacted]`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The real value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0.is_empty() {
-            serializer.serialize_str("")
-        } else {
-            serializer.serialize_str("[redacted]")
-        }
-    }
-}
-
 impl Settings {
     /// Loads defaults, then `path` (or the default file when it exists), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
@@ -302,12 +273,6 @@ impl Settings {
     /// Rejects values that parse but cannot work, naming the key.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |key, reason: String| Err(SettingsError::Invalid { key, reason });
-        if let Err(e) = SocketAddr::from_str(&self.http.listen) {
-            return invalid(
-                "http.listen",
-                format!("`{}` is not an address: {e}", self.http.listen),
-            );
-        }
         if !self.http.path.starts_with('/') {
             return invalid("http.path", "must start with `/`".into());
         }
@@ -341,14 +306,6 @@ impl Settings {
                     "auth.credentials",
                     "every username must be non-empty and free of `:`".into(),
                 );
-            }
-        }
-        for (key, list) in [
-            ("auth.allowed_sources", &self.auth.allowed_sources),
-            ("auth.trusted_proxies", &self.auth.trusted_proxies),
-        ] {
-            if let Err(e) = crate::access::parse_networks(list) {
-                return invalid(key, e);
             }
         }
         for (key, value) in [
@@ -517,7 +474,7 @@ mod tests {
     fn defaults_are_valid_and_match_the_contract() {
         let s = Settings::default();
         s.validate().expect("defaults validate");
-        assert_eq!(s.http.listen, "0.0.0.0:8080");
+        assert_eq!(s.http.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(s.http.path, "/callbacks/bandwidth/messaging");
         assert_eq!(s.http.max_body_bytes, 262_144);
         assert_eq!(s.amqp.exchange, "bandwidth.messaging");
@@ -593,7 +550,6 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_key() {
-        rejects(|s| s.http.listen = "nowhere".into(), "http.listen");
         rejects(|s| s.http.path = "callbacks".into(), "http.path");
         rejects(|s| s.http.max_body_bytes = 0, "http.max_body_bytes");
         rejects(|s| s.amqp.publish_timeout_ms = 0, "amqp.publish_timeout_ms");
@@ -615,14 +571,6 @@ mod tests {
         );
         rejects(|s| s.log.level = "info,[".into(), "log.level");
         rejects(|s| s.runtime.worker_threads = 0, "runtime.worker_threads");
-        rejects(
-            |s| s.auth.allowed_sources = vec!["10.0.0.0/33".into()],
-            "auth.allowed_sources",
-        );
-        rejects(
-            |s| s.auth.trusted_proxies = vec!["proxy".into()],
-            "auth.trusted_proxies",
-        );
         rejects(|s| s.http.max_connections = 0, "http.max_connections");
         rejects(|s| s.http.max_json_depth = 0, "http.max_json_depth");
         rejects(|s| s.http.write_timeout_ms = 0, "http.write_timeout_ms");
@@ -630,5 +578,40 @@ mod tests {
             |s| s.auth.credentials = vec![Credential::default()],
             "auth.credentials",
         );
+    }
+
+    /// Loads `toml` as the configuration file, as `serve --config` does.
+    fn load_toml(toml: &str) -> Result<Settings, SettingsError> {
+        let path = std::env::temp_dir().join(format!("settings-{:x}.toml", fastrand::u64(..)));
+        std::fs::write(&path, toml).expect("write");
+        let loaded = Settings::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn an_address_list_that_does_not_parse_is_no_settings_at_all() {
+        // The allowlist is a list of networks from the start: an entry that is not one cannot
+        // become an empty (open) list further on.
+        for (toml, key) in [
+            (
+                "[auth]\nallowed_sources = [\"10.0.0.0/33\"]\n",
+                "allowed_sources",
+            ),
+            ("[auth]\ntrusted_proxies = [\"proxy\"]\n", "trusted_proxies"),
+            ("[http]\nlisten = \"nowhere\"\n", "listen"),
+        ] {
+            let error = load_toml(toml).expect_err(toml).to_string();
+            assert!(error.contains(key), "`{error}` should name `{key}`");
+        }
+        let loaded = load_toml("[auth]\nallowed_sources = [\"192.0.2.7\", \"10.0.0.0/8\"]\n")
+            .expect("valid networks");
+        let shown: Vec<String> = loaded
+            .auth
+            .allowed_sources
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["192.0.2.7/32", "10.0.0.0/8"]);
     }
 }

@@ -40,7 +40,7 @@ pub fn fixture_names() -> Vec<String> {
 /// Settings for one test: random port, unique exchange and queue bound to `#`.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
-    settings.http.listen = "127.0.0.1:0".into();
+    settings.http.listen = "127.0.0.1:0".parse().expect("address");
     settings.amqp.uri = Secret::new(amqp_uri());
     settings.amqp.exchange = unique("ex");
     settings.amqp.queues = vec![QueueSettings {

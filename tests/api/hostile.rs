@@ -308,7 +308,7 @@ async fn a_burst_of_new_connections_waits_in_the_accept_queue_and_is_served() {
 #[tokio::test]
 async fn sources_off_the_allowlist_get_403_and_forwarded_for_is_believed_only_from_proxies() {
     let mut settings = test_settings();
-    settings.auth.allowed_sources = vec!["192.0.2.0/24".into()];
+    settings.auth.allowed_sources = vec!["192.0.2.0/24".parse().expect("network")];
     let app = spawn_app(settings.clone()).await;
     let body = r#"[{"type":"message-sent"}]"#;
     let answer = app.post_callback(body).await;
@@ -325,7 +325,7 @@ async fn sources_off_the_allowlist_get_403_and_forwarded_for_is_believed_only_fr
     assert!(app.drain().await.is_empty());
     app.stop().await;
 
-    settings.auth.trusted_proxies = vec!["127.0.0.0/8".into()];
+    settings.auth.trusted_proxies = vec!["127.0.0.0/8".parse().expect("network")];
     settings.amqp.queues[0].name = crate::helpers::unique("q");
     settings.amqp.exchange = crate::helpers::unique("ex");
     let app = spawn_app(settings).await;
