@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Shared, topology};
+use super::state::Shared;
+use super::topology;
 use crate::amqp::{Backoff, connect};
 use crate::settings::{AmqpSettings, redact_uri};
 

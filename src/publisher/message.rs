@@ -3,7 +3,7 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use super::Received;
+use super::job::Received;
 use crate::event::Event;
 
 /// Longest value copied from an event into a property or header; a longer one is left out

@@ -7,14 +7,17 @@
 //! batch at a time, every `basic.return` the broker sends belongs to that batch, and is
 //! matched to its request by `message_id` rather than by which confirm lapin attached it to.
 
+mod batch;
 mod connection;
+mod job;
 pub mod message;
+mod state;
 mod topology;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -24,143 +27,12 @@ use tokio_util::sync::CancellationToken;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::settings::AmqpSettings;
+use job::Job;
+pub use job::{PublishError, Received};
+use state::Shared;
 
 /// Requests waiting for a channel, at most; past it callbacks get 503.
 const JOB_QUEUE_CAPACITY: usize = 4096;
-
-/// Why a request's events are not all confirmed; every variant is a 503.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    #[error("not connected to the broker")]
-    Unavailable,
-    #[error("the broker is blocking publishers (memory or disk alarm)")]
-    Blocked,
-    #[error("the service is shutting down")]
-    ShuttingDown,
-    #[error("too many requests are waiting for the broker")]
-    Overloaded,
-    #[error("the broker rejected an event (nack)")]
-    Nacked,
-    #[error("an event matched no queue (returned as unroutable)")]
-    Unroutable,
-    #[error("the channel or connection closed before every confirm arrived: {0}")]
-    ChannelClosed(String),
-    #[error("no confirm within the publish timeout")]
-    Timeout,
-}
-
-impl PublishError {
-    /// The short machine word for the JSON error body and the failure metric.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Unavailable => "broker_unavailable",
-            Self::Blocked => "broker_blocked",
-            Self::ShuttingDown => "shutting_down",
-            Self::Overloaded => "overloaded",
-            Self::Nacked => "nack",
-            Self::Unroutable => "unroutable",
-            Self::ChannelClosed(_) => "channel_closed",
-            Self::Timeout => "confirm_timeout",
-        }
-    }
-
-    /// A fixed sentence per error word, for the caller; the cause stays in the log line.
-    pub fn summary(&self) -> &'static str {
-        match self {
-            Self::Unavailable => "the broker is not reachable; retry later",
-            Self::Blocked => "the broker is not accepting messages now; retry later",
-            Self::ShuttingDown => "this instance is shutting down; retry",
-            Self::Overloaded => "too many callbacks are waiting for the broker; retry later",
-            Self::Nacked => "the broker did not accept an event; retry",
-            Self::Unroutable => "an event matched no queue; retry once a queue is bound",
-            Self::ChannelClosed(_) => "the broker channel closed before every confirm; retry",
-            Self::Timeout => "the broker did not confirm in time; retry",
-        }
-    }
-}
-
-/// When a request was received, in the two forms the message carries, and its id.
-#[derive(Debug, Clone)]
-pub struct Received {
-    /// Unix seconds, for the `timestamp` property.
-    pub unix_secs: u64,
-    /// RFC 3339 UTC, for the `x-received-at` header.
-    pub rfc3339: String,
-    /// The request's id (`X-Request-Id`), for the `correlation_id` property.
-    pub request_id: String,
-}
-
-impl Received {
-    /// Now, for the request `request_id`.
-    pub fn now(request_id: &str) -> Self {
-        let now = SystemTime::now();
-        Self {
-            unix_secs: now
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            rfc3339: humantime::format_rfc3339_millis(now).to_string(),
-            request_id: request_id.to_owned(),
-        }
-    }
-}
-
-/// One request's events and where to send the outcome.
-struct Job {
-    events: Vec<Event>,
-    received: Received,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<(), PublishError>>,
-}
-
-/// Broker state shared by the supervisor, the workers and the HTTP layer.
-struct Shared {
-    connected: AtomicBool,
-    blocked: AtomicBool,
-    open_channels: AtomicUsize,
-    /// Raised by a worker whose channel the broker closed: the topology may be gone.
-    redeclare: tokio::sync::Notify,
-    metrics: Arc<Metrics>,
-}
-
-impl Shared {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
-            connected: AtomicBool::new(false),
-            blocked: AtomicBool::new(false),
-            open_channels: AtomicUsize::new(0),
-            redeclare: tokio::sync::Notify::new(),
-            metrics,
-        }
-    }
-
-    fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::SeqCst);
-        self.metrics.broker_connected.set(i64::from(connected));
-    }
-
-    /// A channel was closed under a batch (the exchange may be gone): not ready, and no
-    /// publish is attempted, until the supervisor has declared the topology again.
-    fn topology_lost(&self) {
-        self.set_connected(false);
-        self.redeclare.notify_one();
-    }
-
-    fn set_blocked(&self, blocked: bool) {
-        self.blocked.store(blocked, Ordering::SeqCst);
-        self.metrics.broker_blocked.set(i64::from(blocked));
-    }
-
-    fn channel_opened(&self) {
-        self.open_channels.fetch_add(1, Ordering::SeqCst);
-        self.metrics.open_channels.inc();
-    }
-
-    fn channel_closed(&self) {
-        self.open_channels.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.open_channels.dec();
-    }
-}
 
 /// The handle requests publish through; cheap to share behind an `Arc`.
 pub struct Publisher {
@@ -199,7 +71,7 @@ impl Publisher {
         Self {
             jobs: jobs_tx,
             shared,
-            publish_timeout: settings.publish_timeout(),
+            publish_timeout: settings.publish_timeout,
             workers: std::sync::Mutex::new(workers),
             supervisor: std::sync::Mutex::new(Some(supervisor)),
             stop_supervisor,

@@ -1,0 +1,93 @@
+//! What a request hands the confirm channels, and what it gets back.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::event::Event;
+
+/// Why a request's events are not all confirmed; every variant is a 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to the broker")]
+    Unavailable,
+    #[error("the broker is blocking publishers (memory or disk alarm)")]
+    Blocked,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("too many requests are waiting for the broker")]
+    Overloaded,
+    #[error("the broker rejected an event (nack)")]
+    Nacked,
+    #[error("an event matched no queue (returned as unroutable)")]
+    Unroutable,
+    #[error("the channel or connection closed before every confirm arrived: {0}")]
+    ChannelClosed(String),
+    #[error("no confirm within the publish timeout")]
+    Timeout,
+}
+
+impl PublishError {
+    /// The short machine word for the JSON error body and the failure metric.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "broker_unavailable",
+            Self::Blocked => "broker_blocked",
+            Self::ShuttingDown => "shutting_down",
+            Self::Overloaded => "overloaded",
+            Self::Nacked => "nack",
+            Self::Unroutable => "unroutable",
+            Self::ChannelClosed(_) => "channel_closed",
+            Self::Timeout => "confirm_timeout",
+        }
+    }
+
+    /// A fixed sentence per error word, for the caller; the cause stays in the log line.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "the broker is not reachable; retry later",
+            Self::Blocked => "the broker is not accepting messages now; retry later",
+            Self::ShuttingDown => "this instance is shutting down; retry",
+            Self::Overloaded => "too many callbacks are waiting for the broker; retry later",
+            Self::Nacked => "the broker did not accept an event; retry",
+            Self::Unroutable => "an event matched no queue; retry once a queue is bound",
+            Self::ChannelClosed(_) => "the broker channel closed before every confirm; retry",
+            Self::Timeout => "the broker did not confirm in time; retry",
+        }
+    }
+}
+
+/// When a request was received, in the two forms the message carries, and its id.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Unix seconds, for the `timestamp` property.
+    pub unix_secs: u64,
+    /// RFC 3339 UTC, for the `x-received-at` header.
+    pub rfc3339: String,
+    /// The request's id (`X-Request-Id`), for the `correlation_id` property.
+    pub request_id: String,
+}
+
+impl Received {
+    /// Now, for the request `request_id`.
+    pub fn now(request_id: &str) -> Self {
+        let now = SystemTime::now();
+        Self {
+            unix_secs: now
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            rfc3339: humantime::format_rfc3339_millis(now).to_string(),
+            request_id: request_id.to_owned(),
+        }
+    }
+}
+
+/// One request's events and where to send the outcome.
+pub(super) struct Job {
+    pub(super) events: Vec<Event>,
+    pub(super) received: Received,
+    pub(super) deadline: Instant,
+    pub(super) reply: oneshot::Sender<Result<(), PublishError>>,
+}
