@@ -176,10 +176,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(settings: &AmqpSettings) -> Self {
-        let initial = Duration::from_millis(settings.reconnect_initial_ms);
+        let initial = settings.reconnect_initial;
         Self {
             initial,
-            max: Duration::from_millis(settings.reconnect_max_ms),
+            max: settings.reconnect_max,
             current: initial,
         }
     }
@@ -203,8 +203,8 @@ mod tests {
     #[test]
     fn backoff_grows_to_the_cap_and_resets() {
         let settings = AmqpSettings {
-            reconnect_initial_ms: 100,
-            reconnect_max_ms: 800,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_millis(800),
             ..AmqpSettings::default()
         };
         let mut backoff = Backoff::new(&settings);

@@ -115,7 +115,10 @@ pub struct Application {
 
 impl Application {
     /// Binds the listener and starts connecting to the broker in the background.
+    /// Settings built in code (not loaded) get the same checks as loaded ones here: nothing
+    /// below runs on a value `Settings::validate` rejects.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let backlog = u32::try_from(settings.http.max_connections).unwrap_or(u32::MAX);
         let listener = bind_listener(settings.http.listen, backlog)
             .with_context(|| format!("binding http.listen = {}", settings.http.listen))?;
@@ -136,7 +139,7 @@ impl Application {
                 .routing_key
                 .parse()
                 .map_err(|reason| anyhow::anyhow!("amqp.routing_key: {reason}"))?,
-            body_read_timeout: Duration::from_millis(settings.http.body_read_timeout_ms),
+            body_read_timeout: settings.http.body_read_timeout,
             retry_after_secs: settings.http.retry_after_secs,
             access: ArcSwap::from_pointee(access),
             publisher,
@@ -146,9 +149,9 @@ impl Application {
         Ok(Self {
             listener,
             state,
-            header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
-            write_timeout: Duration::from_millis(settings.http.write_timeout_ms),
-            drain_timeout: Duration::from_millis(settings.http.drain_timeout_ms),
+            header_read_timeout: settings.http.header_read_timeout,
+            write_timeout: settings.http.write_timeout,
+            drain_timeout: settings.http.drain_timeout,
             max_header_bytes: settings.http.max_header_bytes,
             connections: Arc::new(Semaphore::new(settings.http.max_connections)),
         })

@@ -67,14 +67,18 @@ pub struct HttpSettings {
     /// Seconds advertised in `Retry-After` on 503.
     pub retry_after_secs: u64,
     /// A client must send its request headers within this many milliseconds.
-    pub header_read_timeout_ms: u64,
+    #[serde(rename = "header_read_timeout_ms", with = "values::millis")]
+    pub header_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing anyway.
-    pub drain_timeout_ms: u64,
+    #[serde(rename = "drain_timeout_ms", with = "values::millis")]
+    pub drain_timeout: Duration,
     /// A client must send the whole body within this many milliseconds (else 408).
-    pub body_read_timeout_ms: u64,
+    #[serde(rename = "body_read_timeout_ms", with = "values::millis")]
+    pub body_read_timeout: Duration,
     /// An answer that makes no progress for this many milliseconds (the client does not read)
     /// closes the connection and frees its slot.
-    pub write_timeout_ms: u64,
+    #[serde(rename = "write_timeout_ms", with = "values::millis")]
+    pub write_timeout: Duration,
     /// Open connections at most; more are answered 503 and closed. Also the listen backlog.
     pub max_connections: usize,
     /// Request line plus headers at most, in bytes (else 431).
@@ -90,10 +94,10 @@ impl Default for HttpSettings {
             path: "/callbacks/bandwidth/messaging".into(),
             max_body_bytes: 262_144,
             retry_after_secs: 5,
-            header_read_timeout_ms: 10_000,
-            drain_timeout_ms: 10_000,
-            body_read_timeout_ms: 10_000,
-            write_timeout_ms: 5_000,
+            header_read_timeout: Duration::from_millis(10_000),
+            drain_timeout: Duration::from_millis(10_000),
+            body_read_timeout: Duration::from_millis(10_000),
+            write_timeout: Duration::from_millis(5_000),
             max_connections: 1024,
             max_header_bytes: 16_384,
             max_json_depth: 32,
@@ -157,7 +161,8 @@ pub struct AmqpSettings {
     /// `{message.applicationId}`.
     pub routing_key: String,
     /// No confirm within this many milliseconds means 503.
-    pub publish_timeout_ms: u64,
+    #[serde(rename = "publish_timeout_ms", with = "values::millis")]
+    pub publish_timeout: Duration,
     /// Queues declared (quorum, durable) and bound at start.
     pub queues: Vec<QueueSettings>,
     /// Confirm channels publishing in parallel.
@@ -165,9 +170,11 @@ pub struct AmqpSettings {
     /// Most events one channel publishes before awaiting their confirms.
     pub max_batch_events: usize,
     /// First reconnect delay; doubles per failure up to `reconnect_max_ms`.
-    pub reconnect_initial_ms: u64,
+    #[serde(rename = "reconnect_initial_ms", with = "values::millis")]
+    pub reconnect_initial: Duration,
     /// Longest reconnect delay.
-    pub reconnect_max_ms: u64,
+    #[serde(rename = "reconnect_max_ms", with = "values::millis")]
+    pub reconnect_max: Duration,
 }
 
 impl Default for AmqpSettings {
@@ -177,7 +184,7 @@ impl Default for AmqpSettings {
             tls_ca_file: String::new(),
             exchange: "bandwidth.messaging".into(),
             routing_key: "{type}".into(),
-            publish_timeout_ms: 5_000,
+            publish_timeout: Duration::from_millis(5_000),
             queues: vec![QueueSettings {
                 name: "bandwidth.messaging.all".into(),
                 bindings: vec!["#".into()],
@@ -185,8 +192,8 @@ impl Default for AmqpSettings {
             }],
             channels: 2,
             max_batch_events: 512,
-            reconnect_initial_ms: 100,
-            reconnect_max_ms: 5_000,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_millis(5_000),
         }
     }
 }
@@ -195,11 +202,6 @@ impl AmqpSettings {
     /// The broker URIs in failover order.
     pub fn uris(&self) -> Vec<String> {
         split_uris(self.uri.expose())
-    }
-
-    /// The confirm deadline as a `Duration`.
-    pub fn publish_timeout(&self) -> Duration {
-        Duration::from_millis(self.publish_timeout_ms)
     }
 }
 
@@ -282,7 +284,7 @@ impl Settings {
         if self.http.max_body_bytes == 0 {
             return invalid("http.max_body_bytes", "must be greater than 0".into());
         }
-        if self.http.header_read_timeout_ms == 0 {
+        if self.http.header_read_timeout.is_zero() {
             return invalid(
                 "http.header_read_timeout_ms",
                 "must be greater than 0".into(),
@@ -308,12 +310,15 @@ impl Settings {
                 );
             }
         }
+        for (key, duration) in [
+            ("http.body_read_timeout_ms", self.http.body_read_timeout),
+            ("http.write_timeout_ms", self.http.write_timeout),
+        ] {
+            if duration.is_zero() {
+                return invalid(key, "must be greater than 0".into());
+            }
+        }
         for (key, value) in [
-            (
-                "http.body_read_timeout_ms",
-                self.http.body_read_timeout_ms as usize,
-            ),
-            ("http.write_timeout_ms", self.http.write_timeout_ms as usize),
             ("http.max_connections", self.http.max_connections),
             ("http.max_json_depth", self.http.max_json_depth),
         ] {
@@ -367,7 +372,7 @@ impl Settings {
         {
             return invalid("amqp.routing_key", reason);
         }
-        if self.amqp.publish_timeout_ms == 0 {
+        if self.amqp.publish_timeout.is_zero() {
             return invalid("amqp.publish_timeout_ms", "must be greater than 0".into());
         }
         if self.amqp.channels == 0 {
@@ -376,8 +381,8 @@ impl Settings {
         if self.amqp.max_batch_events == 0 {
             return invalid("amqp.max_batch_events", "must be greater than 0".into());
         }
-        if self.amqp.reconnect_initial_ms == 0
-            || self.amqp.reconnect_max_ms < self.amqp.reconnect_initial_ms
+        if self.amqp.reconnect_initial.is_zero()
+            || self.amqp.reconnect_max < self.amqp.reconnect_initial
         {
             return invalid(
                 "amqp.reconnect_initial_ms",
@@ -478,7 +483,7 @@ mod tests {
         assert_eq!(s.http.path, "/callbacks/bandwidth/messaging");
         assert_eq!(s.http.max_body_bytes, 262_144);
         assert_eq!(s.amqp.exchange, "bandwidth.messaging");
-        assert_eq!(s.amqp.publish_timeout_ms, 5_000);
+        assert_eq!(s.amqp.publish_timeout, Duration::from_secs(5));
         assert_eq!(s.amqp.queues[0].name, "bandwidth.messaging.all");
         assert_eq!(s.amqp.queues[0].bindings, vec!["#".to_string()]);
         assert_eq!(s.log.format, LogFormat::Pretty);
@@ -552,7 +557,10 @@ mod tests {
     fn invalid_values_name_their_key() {
         rejects(|s| s.http.path = "callbacks".into(), "http.path");
         rejects(|s| s.http.max_body_bytes = 0, "http.max_body_bytes");
-        rejects(|s| s.amqp.publish_timeout_ms = 0, "amqp.publish_timeout_ms");
+        rejects(
+            |s| s.amqp.publish_timeout = Duration::ZERO,
+            "amqp.publish_timeout_ms",
+        );
         rejects(|s| s.auth.password = Secret::new("p"), "auth.username");
         rejects(|s| s.amqp.uri = Secret::new("http://x"), "amqp.uri");
         rejects(|s| s.amqp.exchange = String::new(), "amqp.exchange");
@@ -573,7 +581,10 @@ mod tests {
         rejects(|s| s.runtime.worker_threads = 0, "runtime.worker_threads");
         rejects(|s| s.http.max_connections = 0, "http.max_connections");
         rejects(|s| s.http.max_json_depth = 0, "http.max_json_depth");
-        rejects(|s| s.http.write_timeout_ms = 0, "http.write_timeout_ms");
+        rejects(
+            |s| s.http.write_timeout = Duration::ZERO,
+            "http.write_timeout_ms",
+        );
         rejects(
             |s| s.auth.credentials = vec![Credential::default()],
             "auth.credentials",

@@ -160,3 +160,16 @@ async fn healthcheck_succeeds_only_on_a_200() {
     let refused = run(format!("http://127.0.0.1:{port}/healthz"));
     assert_eq!(refused.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn settings_built_in_code_are_checked_before_anything_starts() {
+    // Code that builds `Settings` by hand, skipping `Settings::load`, gets the same checks: an
+    // exchange name AMQP cannot carry is an error naming the key, not a panic in a worker.
+    let mut settings = crate::helpers::test_settings();
+    settings.amqp.exchange = "x".repeat(300);
+    let error = bandwidth_forwarder::app::Application::build(settings)
+        .await
+        .err()
+        .expect("an exchange name over 255 bytes is refused");
+    assert!(error.to_string().contains("amqp.exchange"), "{error}");
+}

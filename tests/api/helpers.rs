@@ -48,9 +48,9 @@ pub fn test_settings() -> Settings {
         bindings: vec!["#".into()],
         max_length: None,
     }];
-    settings.amqp.publish_timeout_ms = 3_000;
-    settings.amqp.reconnect_initial_ms = 50;
-    settings.amqp.reconnect_max_ms = 500;
+    settings.amqp.publish_timeout = Duration::from_millis(3_000);
+    settings.amqp.reconnect_initial = Duration::from_millis(50);
+    settings.amqp.reconnect_max = Duration::from_millis(500);
     settings
 }
 

@@ -120,8 +120,8 @@ async fn a_huge_string_over_the_body_limit_gets_413() {
 #[tokio::test]
 async fn a_slow_body_gets_408_and_slow_headers_are_cut_off() {
     let mut settings = test_settings();
-    settings.http.body_read_timeout_ms = 500;
-    settings.http.header_read_timeout_ms = 500;
+    settings.http.body_read_timeout = Duration::from_millis(500);
+    settings.http.header_read_timeout = Duration::from_millis(500);
     let app = spawn_app(settings).await;
 
     let mut request = post_head(&app, "content-length: 100\r\n").into_bytes();
@@ -426,8 +426,8 @@ async fn a_junk_flood_from_one_client_leaves_valid_callbacks_answered() {
 async fn trickling_sockets_that_fill_the_connection_cap_are_cut_off_and_free_it() {
     let mut settings = test_settings();
     settings.http.max_connections = 4;
-    settings.http.body_read_timeout_ms = 600;
-    settings.http.header_read_timeout_ms = 600;
+    settings.http.body_read_timeout = Duration::from_millis(600);
+    settings.http.header_read_timeout = Duration::from_millis(600);
     let app = bind_app(settings).await.serve();
     let body = br#"[{"type":"message-sent","message":{"id":"trickle"}}]"#;
     let head = post_head(&app, &format!("content-length: {}\r\n", body.len()));
@@ -486,7 +486,7 @@ async fn trickling_sockets_that_fill_the_connection_cap_are_cut_off_and_free_it(
 #[tokio::test]
 async fn a_body_trickled_a_byte_at_a_time_still_gets_408_at_the_deadline() {
     let mut settings = test_settings();
-    settings.http.body_read_timeout_ms = 600;
+    settings.http.body_read_timeout = Duration::from_millis(600);
     let app = spawn_app(settings).await;
     let body = br#"[{"type":"message-sent","message":{"id":"trickle"}}]"#;
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");

@@ -177,9 +177,9 @@ async fn post_once(app: &TestApp, body: &str) -> String {
 async fn clients_that_never_read_lose_their_slots_to_a_well_behaved_one() {
     let mut settings = test_settings();
     settings.http.max_connections = 3;
-    settings.http.write_timeout_ms = 500;
+    settings.http.write_timeout = Duration::from_millis(500);
     // Far beyond this test's deadline, so only the write timeout can free a slot.
-    settings.http.header_read_timeout_ms = 60_000;
+    settings.http.header_read_timeout = Duration::from_millis(60_000);
     let app = spawn_app(settings).await;
     let mut pipeliners = Vec::new();
     for _ in 0..3 {
