@@ -46,7 +46,7 @@ fn run_script(program: &str, args: &[&str]) -> String {
         .arg(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        .unwrap_or_else(|e| panic!("running {program}: {e}.\n{PREREQUISITES}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -54,10 +54,16 @@ fn run_script(program: &str, args: &[&str]) -> String {
     );
     assert!(
         output.status.success(),
-        "{program} {args:?} failed:\n{text}"
+        "{program} {args:?} failed:\n{text}\n{PREREQUISITES}"
     );
     text
 }
+
+/// What a failed broker command most likely means, and the way to run the suite that has it.
+const PREREQUISITES: &str = "The fault suite drives the machine's RabbitMQ with `rabbitmqctl` \
+(as root: it closes connections, stops the app, sets alarms) and starts nodes with \
+`scripts/cluster`. Run the tests with `scripts/test`, which starts the broker and installs what \
+the suite needs; see README.md.";
 
 fn script(name: &str) -> String {
     format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
