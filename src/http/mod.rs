@@ -1,4 +1,16 @@
-//! HTTP routing, the callback handler and its responses.
+//! HTTP routing and the callback handler; the reasons a callback is refused are in
+//! `error.rs`, the JSON answers in `response.rs`.
+
+mod error;
+mod response;
+
+pub use error::CallbackError;
+use error::error_for;
+pub use response::error_body;
+use response::{
+    error_response, json_response, method_not_allowed, metrics_response, published_response,
+    with_retry_after,
+};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,10 +27,9 @@ use tracing::{info, warn};
 use arc_swap::ArcSwap;
 
 use crate::access::Access;
-use crate::auth::CHALLENGE;
-use crate::event::{InvalidCallback, parse_callback};
+use crate::event::parse_callback;
 use crate::metrics::{Metrics, PUBLISHED};
-use crate::publisher::{PublishError, Publisher, Received};
+use crate::publisher::{Publisher, Received};
 use crate::routing::RoutingTemplate;
 use crate::shutdown::Lifecycle;
 
@@ -46,71 +57,6 @@ impl AppState {
 
 /// The header that carries a request's id, in and out.
 const REQUEST_ID: &str = "x-request-id";
-
-/// Why a callback was not accepted; each variant is exactly one status.
-#[derive(Debug, thiserror::Error)]
-pub enum CallbackError {
-    #[error("this source address may not post callbacks")]
-    Forbidden,
-    #[error("missing or wrong Basic credentials")]
-    Unauthorized,
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
-    #[error("Content-Encoding must be identity: the body is not decoded")]
-    UnsupportedEncoding,
-    #[error("the body is larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("the body could not be read: {0}")]
-    BodyRead(String),
-    #[error("the body did not arrive within the read timeout")]
-    BodyTimeout,
-    #[error(transparent)]
-    Invalid(#[from] InvalidCallback),
-    #[error("this instance is shutting down; retry")]
-    ShuttingDown,
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-}
-
-impl CallbackError {
-    fn status(&self) -> StatusCode {
-        match self {
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::UnsupportedMediaType | Self::UnsupportedEncoding => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyRead(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::ShuttingDown | Self::Publish(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            Self::Forbidden => "forbidden",
-            Self::Unauthorized => "unauthorized",
-            Self::BodyTimeout => "body_timeout",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::UnsupportedEncoding => "unsupported_encoding",
-            Self::TooLarge(_) => "body_too_large",
-            Self::BodyRead(_) => "body_read_error",
-            Self::Invalid(invalid) => invalid.code(),
-            Self::ShuttingDown => "shutting_down",
-            Self::Publish(publish) => publish.code(),
-        }
-    }
-
-    /// The sentence the caller sees. A publish failure's cause (the broker's words, channel
-    /// state) is for the log line only: the caller gets a fixed sentence per error word.
-    fn detail(&self) -> String {
-        match self {
-            Self::Publish(publish) => publish.summary().to_owned(),
-            other => other.to_string(),
-        }
-    }
-}
 
 /// Routes one request; every answer carries the request's id.
 pub async fn handle(
@@ -323,89 +269,6 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
     })
 }
 
-fn error_for(error: &CallbackError, retry_after_secs: u64) -> Response<Full<Bytes>> {
-    let mut response = error_response(error.status(), error.code(), &error.detail());
-    match error {
-        CallbackError::Unauthorized => {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(CHALLENGE),
-            );
-        }
-        CallbackError::UnsupportedEncoding => {
-            response.headers_mut().insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("identity"),
-            );
-        }
-        CallbackError::ShuttingDown | CallbackError::Publish(_) => {
-            response = with_retry_after(response, retry_after_secs)
-        }
-        _ => {}
-    }
-    response
-}
-
-fn with_retry_after(mut response: Response<Full<Bytes>>, secs: u64) -> Response<Full<Bytes>> {
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    response
-}
-
-fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
-    let mut response = error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("this route only answers {allow}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
-/// The contract's error body: `{"error": word, "detail": sentence}`.
-pub fn error_body(code: &str, detail: &str) -> String {
-    json!({"error": code, "detail": detail}).to_string()
-}
-
-fn error_response(status: StatusCode, code: &str, detail: &str) -> Response<Full<Bytes>> {
-    json_text_response(status, error_body(code, detail))
-}
-
-/// `{"status":"published","events":n}`, the answer to every accepted callback, written
-/// directly rather than through a JSON tree.
-fn published_response(events: usize) -> Response<Full<Bytes>> {
-    json_text_response(
-        StatusCode::OK,
-        format!(r#"{{"status":"published","events":{events}}}"#),
-    )
-}
-
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    json_text_response(status, body.to_string())
-}
-
-fn json_text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn metrics_response(metrics: &Metrics) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,18 +287,6 @@ mod tests {
     }
 
     #[test]
-    fn the_success_body_is_the_contracts_json() {
-        let response = published_response(3);
-        let body = response.into_body();
-        let bytes = futures_util::FutureExt::now_or_never(body.collect())
-            .expect("a full body is ready")
-            .expect("infallible")
-            .to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
-        assert_eq!(value, json!({"status": "published", "events": 3}));
-    }
-
-    #[test]
     fn only_identity_content_encoding_is_accepted() {
         let ce = |value: &str| is_identity(Some(&HeaderValue::from_str(value).expect("header")));
         assert!(is_identity(None));
@@ -448,14 +299,6 @@ mod tests {
         assert!(!is_identity(Some(
             &HeaderValue::from_bytes(b"\xffgzip").expect("header")
         )));
-    }
-
-    #[test]
-    fn publish_failures_show_a_fixed_sentence_and_keep_the_cause_for_the_log() {
-        let cause = "AMQP hard error: FRAME-ERROR frame_too_large";
-        let error = CallbackError::Publish(PublishError::ChannelClosed(cause.into()));
-        assert!(!error.detail().contains("FRAME"), "{}", error.detail());
-        assert!(error.to_string().contains(cause), "the log line keeps it");
     }
 
     #[test]
