@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn a_bounded_queue_drops_its_oldest_and_an_unbounded_one_is_plain_quorum() {
         let mut queue = QueueSettings {
-            name: "q".into(),
+            name: "q".parse().expect("a name"),
             bindings: vec!["#".into()],
             max_length: Some(3),
         };

@@ -33,7 +33,7 @@ impl WorkerConfig {
     pub(super) fn new(id: usize, settings: &AmqpSettings) -> Self {
         Self {
             id,
-            // Validated at start to fit a short string.
+            // A `Name` fits a short string.
             exchange: ShortString::from(settings.exchange.as_str()),
             max_batch_events: settings.max_batch_events,
         }

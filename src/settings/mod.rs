@@ -12,13 +12,10 @@ pub use sections::{
     AmqpSettings, AuthSettings, Credential, DEFAULT_ARCHIVE_LENGTH, HttpSettings, LogFormat,
     LogSettings, QueueSettings, RuntimeSettings,
 };
-pub use values::{Network, Secret};
+pub use values::{Name, Network, Secret};
 
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
-
-/// Longest name AMQP accepts for an exchange, queue or routing key.
-const MAX_SHORT_STRING: usize = 255;
 
 /// Why the configuration could not be loaded; every message names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +149,6 @@ impl Settings {
                 }
             }
         }
-        check_name("amqp.exchange", &self.amqp.exchange)?;
         if self.amqp.exchange.starts_with("amq.") {
             return invalid(
                 "amqp.exchange",
@@ -184,7 +180,6 @@ impl Settings {
             );
         }
         for queue in &self.amqp.queues {
-            check_name("amqp.queues", &queue.name)?;
             if queue.max_length == Some(0) {
                 return invalid(
                     "amqp.queues",
@@ -192,7 +187,7 @@ impl Settings {
                 );
             }
             for binding in &queue.bindings {
-                if binding.len() > MAX_SHORT_STRING {
+                if binding.len() > values::MAX_NAME_BYTES {
                     return invalid(
                         "amqp.queues",
                         format!("binding of `{}` is too long", queue.name),
@@ -223,16 +218,6 @@ impl Settings {
         }
         table.to_string()
     }
-}
-
-fn check_name(key: &'static str, name: &str) -> Result<(), SettingsError> {
-    if name.is_empty() || name.len() > MAX_SHORT_STRING {
-        return Err(SettingsError::Invalid {
-            key,
-            reason: format!("`{name}` must be 1 to {MAX_SHORT_STRING} bytes"),
-        });
-    }
-    Ok(())
 }
 
 /// Splits a comma-separated URI list, dropping blanks.
@@ -359,7 +344,10 @@ mod tests {
         );
         rejects(|s| s.auth.password = Secret::new("p"), "auth.username");
         rejects(|s| s.amqp.uri = Secret::new("http://x"), "amqp.uri");
-        rejects(|s| s.amqp.exchange = String::new(), "amqp.exchange");
+        rejects(
+            |s| s.amqp.exchange = "amq.direct".parse().expect("a name"),
+            "amqp.exchange",
+        );
         rejects(|s| s.amqp.channels = 0, "amqp.channels");
         rejects(
             |s| s.amqp.tls_ca_file = "/nonexistent/ca.pem".into(),
@@ -397,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn an_address_list_that_does_not_parse_is_no_settings_at_all() {
+    fn a_value_that_does_not_parse_into_its_type_is_no_settings_at_all() {
         // The allowlist is a list of networks from the start: an entry that is not one cannot
         // become an empty (open) list further on.
         for (toml, key) in [
@@ -407,10 +395,15 @@ mod tests {
             ),
             ("[auth]\ntrusted_proxies = [\"proxy\"]\n", "trusted_proxies"),
             ("[http]\nlisten = \"nowhere\"\n", "listen"),
+            ("[amqp]\nexchange = \"\"\n", "exchange"),
+            ("[[amqp.queues]]\nname = \"\"\n", "name"),
         ] {
             let error = load_toml(toml).expect_err(toml).to_string();
             assert!(error.contains(key), "`{error}` should name `{key}`");
         }
+        let long = format!("[amqp]\nexchange = \"{}\"\n", "x".repeat(256));
+        let error = load_toml(&long).expect_err("256 bytes").to_string();
+        assert!(error.contains("exchange"), "{error}");
         let loaded = load_toml("[auth]\nallowed_sources = [\"192.0.2.7\", \"10.0.0.0/8\"]\n")
             .expect("valid networks");
         let shown: Vec<String> = loaded

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::split_uris;
-use super::values::{self, Network, Secret};
+use super::values::{self, Name, Network, Secret};
 
 /// The async runtime.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -125,7 +125,7 @@ pub struct AmqpSettings {
     /// PEM file of CA certificates trusted for `amqps://` besides the system's; empty = none.
     pub tls_ca_file: String,
     /// Durable topic exchange every event is published to.
-    pub exchange: String,
+    pub exchange: Name,
     /// Routing key template: `{type}` and field placeholders such as
     /// `{message.applicationId}`.
     pub routing_key: String,
@@ -151,11 +151,11 @@ impl Default for AmqpSettings {
         Self {
             uri: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             tls_ca_file: String::new(),
-            exchange: "bandwidth.messaging".into(),
+            exchange: "bandwidth.messaging".parse().expect("a valid name"),
             routing_key: "{type}".into(),
             publish_timeout: Duration::from_millis(5_000),
             queues: vec![QueueSettings {
-                name: "bandwidth.messaging.all".into(),
+                name: "bandwidth.messaging.all".parse().expect("a valid name"),
                 bindings: vec!["#".into()],
                 max_length: Some(DEFAULT_ARCHIVE_LENGTH),
             }],
@@ -182,7 +182,7 @@ pub const DEFAULT_ARCHIVE_LENGTH: u64 = 100_000;
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
-    pub name: String,
+    pub name: Name,
     #[serde(default)]
     pub bindings: Vec<String>,
     /// Keep at most this many messages, dropping the oldest (`x-max-length` with `drop-head`:

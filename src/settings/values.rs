@@ -84,6 +84,73 @@ impl fmt::Display for Network {
     }
 }
 
+/// An exchange or queue name as AMQP carries it (a short string): 1 to 255 bytes. Checked when
+/// the settings load, so code that puts it on the wire cannot meet one AMQP refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+/// Longest name AMQP accepts for an exchange or a queue.
+pub const MAX_NAME_BYTES: usize = 255;
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        if (1..=MAX_NAME_BYTES).contains(&name.len()) {
+            Ok(Self(name))
+        } else {
+            Err(format!("`{name}` must be 1 to {MAX_NAME_BYTES} bytes"))
+        }
+    }
+}
+
+impl FromStr for Name {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::try_from(name.to_owned())
+    }
+}
+
+impl From<Name> for String {
+    fn from(name: Name) -> Self {
+        name.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// `Duration` as whole milliseconds in the file and the environment (keys ending in `_ms`).
 pub mod millis {
     use std::time::Duration;

@@ -32,7 +32,7 @@ fn assert_503_with_retry_after(answer: &Answer, word: &str) {
 fn settings_routing_only_message_types() -> bandwidth_forwarder::settings::Settings {
     let mut settings = test_settings();
     settings.amqp.queues = vec![QueueSettings {
-        name: unique("q"),
+        name: unique("q").parse().expect("a name"),
         bindings: vec!["message.#".into()],
         max_length: None,
     }];

@@ -42,9 +42,9 @@ pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
     settings.http.listen = "127.0.0.1:0".parse().expect("address");
     settings.amqp.uri = Secret::new(amqp_uri());
-    settings.amqp.exchange = unique("ex");
+    settings.amqp.exchange = unique("ex").parse().expect("a name");
     settings.amqp.queues = vec![QueueSettings {
-        name: unique("q"),
+        name: unique("q").parse().expect("a name"),
         bindings: vec!["#".into()],
         max_length: None,
     }];

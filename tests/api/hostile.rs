@@ -326,8 +326,8 @@ async fn sources_off_the_allowlist_get_403_and_forwarded_for_is_believed_only_fr
     app.stop().await;
 
     settings.auth.trusted_proxies = vec!["127.0.0.0/8".parse().expect("network")];
-    settings.amqp.queues[0].name = crate::helpers::unique("q");
-    settings.amqp.exchange = crate::helpers::unique("ex");
+    settings.amqp.queues[0].name = crate::helpers::unique("q").parse().expect("a name");
+    settings.amqp.exchange = crate::helpers::unique("ex").parse().expect("a name");
     let app = spawn_app(settings).await;
     let via_proxy = app
         .post_callback_with(body, &[("x-forwarded-for", "192.0.2.5")])
