@@ -62,6 +62,10 @@ pub struct Args {
     /// the broker has the same one core in every cell.
     #[arg(long)]
     pub pin: bool,
+    /// (a) publishes a lean message (the keys, `type` and `correlation_id` only), to price the
+    /// rest of the contract's properties and headers.
+    #[arg(long)]
+    pub lean_raw: bool,
     /// The forwarder binary to measure (default: the one this build made), e.g. another
     /// build kept aside, to compare two versions against the same broker in one session.
     #[arg(long)]
@@ -144,7 +148,16 @@ async fn main() {
         for &concurrency in &args.concurrency {
             eprintln!("round {round}, concurrency {concurrency}: raw lapin");
             purge().await;
-            cells.push(raw(&connection, &exchange, concurrency, args.seconds).await);
+            cells.push(
+                raw(
+                    &connection,
+                    &exchange,
+                    concurrency,
+                    args.seconds,
+                    args.lean_raw,
+                )
+                .await,
+            );
             eprintln!("round {round}, concurrency {concurrency}: HTTP only");
             let confirm_time = Duration::from_micros(cells[cells.len() - 1].percentile_us(0.5));
             cells.push(http_floor(concurrency, args.seconds, confirm_time).await);

@@ -20,6 +20,7 @@ pub async fn raw(
     exchange: &str,
     concurrency: usize,
     seconds: u64,
+    lean: bool,
 ) -> Cell {
     let channel = Arc::new(connection.create_channel().await.expect("channel"));
     channel
@@ -49,7 +50,7 @@ pub async fn raw(
                                 ..BasicPublishOptions::default()
                             },
                             body.as_bytes(),
-                            properties(&id),
+                            properties(&id, lean),
                         )
                         .await
                         .expect("publish");
@@ -75,7 +76,11 @@ pub async fn raw(
     let _ = channel.close(200, "done".into()).await;
     latencies.sort_unstable();
     Cell {
-        mode: "(a) raw lapin, 1 channel".into(),
+        mode: if lean {
+            "(a) raw lapin, 1 channel, lean message".into()
+        } else {
+            "(a) raw lapin, 1 channel".into()
+        },
         concurrency,
         requests: latencies.len() as u64,
         events: latencies.len() as u64,
@@ -88,8 +93,23 @@ pub async fn raw(
     }
 }
 
-/// The forwarder's AMQP properties, so (a) carries the same bytes on the wire.
-pub fn properties(id: &str) -> BasicProperties {
+/// The forwarder's AMQP properties, so (a) carries the same bytes on the wire; `lean` keeps only
+/// `delivery_mode`, `content_type`, `message_id`, `type`, `correlation_id` and the dedup header.
+pub fn properties(id: &str, lean: bool) -> BasicProperties {
+    if lean {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-deduplication-header".into(),
+            AMQPValue::LongString(LongString::from("0".repeat(64))),
+        );
+        return BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id("0".repeat(64).into())
+            .with_type("message-delivered".into())
+            .with_correlation_id("0123456789abcdef".into())
+            .with_headers(headers);
+    }
     let mut headers = FieldTable::default();
     for (name, value) in [
         ("x-deduplication-header", "0".repeat(64)),
