@@ -62,6 +62,18 @@ async fn an_admitted_request_finishes_while_new_ones_get_503() {
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers.contains_key("retry-after"));
     assert_eq!(refused.error_word(), "shutting_down");
+    // Refused at the door: an outcome of its own, not a failure to publish.
+    let metrics = String::from_utf8_lossy(&app.get("/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(
+            r#"bandwidth_forwarder_http_request_duration_seconds_count{outcome="shutting_down"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("bandwidth_forwarder_publish_failures_total{"),
+        "nothing failed to publish:\n{metrics}"
+    );
 
     slow.write_all(&body[10..]).await.expect("rest of the body");
     let response = read_until_closed(&mut slow, Duration::from_secs(10)).await;
