@@ -60,7 +60,7 @@ impl CallbackError {
             Self::TooLarge(_) => "body_too_large",
             Self::BodyRead(_) => "body_read_error",
             Self::Invalid(invalid) => invalid.code(),
-            Self::ShuttingDown => "shutting_down",
+            Self::ShuttingDown => PublishError::ShuttingDown.code(),
             Self::Publish(publish) => publish.code(),
         }
     }
@@ -70,6 +70,7 @@ impl CallbackError {
     pub(super) fn detail(&self) -> String {
         match self {
             Self::Publish(publish) => publish.summary().to_owned(),
+            Self::ShuttingDown => PublishError::ShuttingDown.summary().to_owned(),
             other => other.to_string(),
         }
     }
