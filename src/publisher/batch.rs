@@ -82,7 +82,7 @@ pub(super) async fn publish_batch(
         reply(job, result);
     }
     if !outcome.channel_healthy {
-        shared.topology_lost();
+        shared.link.topology_lost();
         warn!(
             worker = config.id,
             "channel failed during a batch, replacing it"

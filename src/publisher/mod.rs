@@ -1,5 +1,5 @@
-//! Publishing events to RabbitMQ: a connection supervisor, a pool of confirm channels, and
-//! the handle the HTTP layer awaits.
+//! Publishing events to RabbitMQ: a pool of confirm channels on the supervised connection
+//! (`amqp::Link`), and the handle the HTTP layer awaits.
 //!
 //! A request becomes a [`Job`] on a shared queue. Each confirm channel is owned by one worker
 //! task that takes every queued job (up to a limit), publishes all their events, awaits all
@@ -8,7 +8,6 @@
 //! matched to its request by `message_id` rather than by which confirm lapin attached it to.
 
 mod batch;
-mod connection;
 mod job;
 pub mod message;
 mod state;
@@ -16,14 +15,13 @@ mod topology;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use crate::amqp::Link;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::settings::AmqpSettings;
@@ -40,30 +38,23 @@ pub struct Publisher {
     shared: Arc<Shared>,
     publish_timeout: Duration,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    supervisor: std::sync::Mutex<Option<JoinHandle<()>>>,
-    stop_supervisor: CancellationToken,
+    link: Link,
 }
 
 impl Publisher {
-    /// Starts the connection supervisor and the channel workers; returns at once.
+    /// Starts the supervised connection and the channel workers; returns at once.
     pub fn start(settings: &AmqpSettings, metrics: Arc<Metrics>) -> Self {
         topology::log_policy(settings);
-        let shared = Arc::new(Shared::new(metrics));
-        let (connection_tx, connection_rx) = watch::channel(None);
+        let topology = topology::ForwarderTopology(settings.clone());
+        let link = Link::start(settings, topology, metrics.clone());
+        let shared = Arc::new(Shared::new(link.state().clone(), metrics));
         let (jobs_tx, jobs_rx) = async_channel::bounded(JOB_QUEUE_CAPACITY);
-        let stop_supervisor = CancellationToken::new();
-        let supervisor = tokio::spawn(connection::supervise(
-            settings.clone(),
-            shared.clone(),
-            connection_tx,
-            stop_supervisor.clone(),
-        ));
         let workers = (0..settings.channels)
             .map(|id| {
                 tokio::spawn(worker::run(
                     worker::WorkerConfig::new(id, settings),
                     shared.clone(),
-                    connection_rx.clone(),
+                    link.connection(),
                     jobs_rx.clone(),
                 ))
             })
@@ -73,8 +64,7 @@ impl Publisher {
             shared,
             publish_timeout: settings.publish_timeout,
             workers: std::sync::Mutex::new(workers),
-            supervisor: std::sync::Mutex::new(Some(supervisor)),
-            stop_supervisor,
+            link,
         }
     }
 
@@ -87,11 +77,9 @@ impl Publisher {
     fn unavailable_reason(&self) -> Option<PublishError> {
         if self.jobs.is_closed() {
             Some(PublishError::ShuttingDown)
-        } else if !self.shared.connected.load(Ordering::SeqCst)
-            || self.shared.open_channels.load(Ordering::SeqCst) == 0
-        {
+        } else if !self.shared.link.connected() || self.shared.open_channels() == 0 {
             Some(PublishError::Unavailable)
-        } else if self.shared.blocked.load(Ordering::SeqCst) {
+        } else if self.shared.link.blocked() {
             Some(PublishError::Blocked)
         } else {
             None
@@ -133,15 +121,7 @@ impl Publisher {
         for worker in workers {
             let _ = worker.await;
         }
-        self.stop_supervisor.cancel();
-        let supervisor = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(supervisor) = supervisor {
-            let _ = supervisor.await;
-        }
+        self.link.stop().await;
     }
 }
 
@@ -151,8 +131,9 @@ mod tests {
 
     /// A publisher that looks connected but has no worker: its job queue only fills.
     fn without_workers(capacity: usize) -> (Arc<Publisher>, async_channel::Receiver<Job>) {
-        let shared = Arc::new(Shared::new(Arc::new(Metrics::new())));
-        shared.set_connected(true);
+        let metrics = Arc::new(Metrics::new());
+        let link = Link::connected_without_broker(metrics.clone());
+        let shared = Arc::new(Shared::new(link.state().clone(), metrics));
         shared.channel_opened();
         let (jobs, queued) = async_channel::bounded(capacity);
         let publisher = Publisher {
@@ -160,8 +141,7 @@ mod tests {
             shared,
             publish_timeout: Duration::from_secs(5),
             workers: std::sync::Mutex::new(Vec::new()),
-            supervisor: std::sync::Mutex::new(None),
-            stop_supervisor: CancellationToken::new(),
+            link,
         };
         (Arc::new(publisher), queued)
     }

@@ -12,9 +12,9 @@ use crate::amqp::{
 use crate::settings::{AmqpSettings, QueueSettings};
 
 /// The exchange and `amqp.queues`, as `serve` declares them.
-pub(super) struct ForwarderTopology<'a>(pub &'a AmqpSettings);
+pub(super) struct ForwarderTopology(pub AmqpSettings);
 
-impl Topology for ForwarderTopology<'_> {
+impl Topology for ForwarderTopology {
     fn declare<'a>(
         &'a self,
         connection: &'a Connection,
@@ -22,7 +22,7 @@ impl Topology for ForwarderTopology<'_> {
         // A running forwarder keeps retrying whatever the broker says: it must not exit because
         // a queue's arguments changed under it (each warning names the argument).
         Box::pin(async move {
-            declare(connection, self.0)
+            declare(connection, &self.0)
                 .await
                 .map_err(DeclareError::Retry)
         })
@@ -32,10 +32,7 @@ impl Topology for ForwarderTopology<'_> {
 /// Declares everything on a short-lived channel; an error says which object failed. A queue
 /// that exists with other arguments is used as it is, with a warning naming the argument: the
 /// forwarder must neither stop nor loop because an operator's queue differs from its settings.
-pub(super) async fn declare(
-    connection: &Connection,
-    settings: &AmqpSettings,
-) -> Result<(), String> {
+async fn declare(connection: &Connection, settings: &AmqpSettings) -> Result<(), String> {
     let open = || async {
         connection
             .create_channel()

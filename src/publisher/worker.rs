@@ -7,12 +7,12 @@ use std::time::Duration;
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
-use tokio::sync::watch;
 use tracing::warn;
 
 use super::batch::{publish_batch, reply};
 use super::job::{Job, PublishError};
 use super::state::Shared;
+use crate::amqp::CurrentConnection;
 use crate::settings::AmqpSettings;
 
 /// Pause before retrying a channel that failed to open.
@@ -44,7 +44,7 @@ impl WorkerConfig {
 pub(super) async fn run(
     config: WorkerConfig,
     shared: Arc<Shared>,
-    mut connection_rx: watch::Receiver<Option<Arc<Connection>>>,
+    mut connection_rx: CurrentConnection,
     jobs: async_channel::Receiver<Job>,
 ) {
     loop {
@@ -87,7 +87,7 @@ async fn serve_channel(
     config: &WorkerConfig,
     shared: &Shared,
     channel: &Channel,
-    connection_rx: &mut watch::Receiver<Option<Arc<Connection>>>,
+    connection_rx: &mut CurrentConnection,
     jobs: &async_channel::Receiver<Job>,
 ) -> bool {
     loop {
