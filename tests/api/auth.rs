@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper::StatusCode;
 
-use crate::helpers::{TestApp, fixture, spawn_app, test_settings};
+use crate::common::{TestApp, fixture, spawn_app, test_settings};
 
 const USER: &str = "bandwidth";
 const PASSWORD: &str = "s3cr:et:with:colons";

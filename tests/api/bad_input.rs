@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, spawn_app, test_settings};
+use crate::common::{TestApp, read_raw, spawn_app, test_settings};
 
 async fn assert_rejected(
     app: &TestApp,
-    answer: crate::helpers::Answer,
+    answer: crate::common::Answer,
     status: StatusCode,
     word: &str,
 ) {
@@ -180,17 +180,8 @@ async fn other_methods_and_paths_get_405_and_404() {
 
 /// Reads one answer's head and body (as far as 3 s allow) while the request is unfinished.
 async fn read_answer(stream: &mut TcpStream) -> String {
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while !String::from_utf8_lossy(&answer).contains("}") {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(0)) | Err(_) => break,
-            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
-            Ok(Err(error)) => panic!("reading the answer: {error}"),
-        }
-    }
-    String::from_utf8_lossy(&answer).into_owned()
+    let read = read_raw(stream, Duration::from_secs(3), |text| text.contains('}')).await;
+    read.unwrap_or_else(|partial| partial)
 }
 
 #[tokio::test]

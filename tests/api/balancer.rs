@@ -12,9 +12,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::common::{
     Forwarder, Haproxy, HttpClient, READY_WITHIN, amqp_uri, broker, count_ids, forwarder_toml,
-    free_port, http_client, metric, ready_within, send,
+    free_port, http_client, metric, ready_within, send, unique,
 };
-use crate::helpers::unique;
 
 const DELIVERED: &str = "bandwidth_forwarder_events_published_total{type=\"message-delivered\"}";
 

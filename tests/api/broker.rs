@@ -10,9 +10,9 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use crate::common::{
-    Forwarder, broker, declare_plain_quorum_queue, drain_queue, forwarder_toml, http_client, send,
+    Answer, Forwarder, amqp_uri, broker, declare_plain_quorum_queue, drain_queue, forwarder_toml,
+    http_client, send, spawn_app, spawn_app_unready, test_settings, unique,
 };
-use crate::helpers::{Answer, amqp_uri, spawn_app, spawn_app_unready, test_settings, unique};
 
 fn assert_503_with_retry_after(answer: &Answer, word: &str) {
     assert_eq!(

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{Message, fixture, fixture_names, sha256_hex, spawn_app, test_settings};
+use crate::common::{Message, fixture, fixture_names, sha256_hex, spawn_app, test_settings};
 
 /// The elements of a fixture body as raw byte ranges, found without the crate's parser.
 fn raw_elements(body: &[u8]) -> Vec<Vec<u8>> {

@@ -1,9 +1,9 @@
 //! `check-config`: the effective configuration with secrets redacted, or what is wrong.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn check_config(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"));
+    let mut command = crate::common::binary();
     command.arg("check-config").args(args);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FORWARDER__")) {
         command.env_remove(key);
@@ -111,10 +111,7 @@ fn reads_a_config_file_and_env_overrides_it() {
 #[test]
 fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
     // `replay` of a queue that does not exist logs its error and exits at once.
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"));
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FORWARDER__")) {
-        command.env_remove(key);
-    }
+    let mut command = crate::common::binary();
     let output = command
         .args(["replay", "--queue", "test.no-such-queue.for-colour"])
         .env("FORWARDER__LOG__FORMAT", "pretty")
@@ -132,9 +129,9 @@ fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
 
 #[tokio::test]
 async fn healthcheck_succeeds_only_on_a_200() {
-    let app = crate::helpers::spawn_app(crate::helpers::test_settings()).await;
+    let app = crate::common::spawn_app(crate::common::test_settings()).await;
     let run = |url: String| {
-        Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"))
+        crate::common::binary()
             .args(["healthcheck", "--url", &url])
             .output()
             .expect("run the binary")
@@ -166,7 +163,7 @@ async fn settings_built_in_code_are_checked_before_anything_starts() {
     // Code that builds `Settings` by hand, skipping `Settings::load`, gets the same checks: an
     // exchange in the broker's reserved `amq.` namespace is an error naming the key before any
     // connection is made. (A name AMQP cannot carry at all is not a `Name`.)
-    let mut settings = crate::helpers::test_settings();
+    let mut settings = crate::common::test_settings();
     settings.amqp.exchange = "amq.forwarder".parse().expect("a name");
     let error = bandwidth_forwarder::app::Application::build(settings)
         .await

@@ -131,7 +131,7 @@ fn the_forwarders_environment_is_a_valid_configuration() {
     let environment = compose["services"]["forwarder"]["environment"]
         .as_hash()
         .expect("environment map");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"));
+    let mut command = crate::common::binary();
     command.arg("check-config");
     for (key, value) in environment {
         let (key, value) = (

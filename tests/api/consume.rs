@@ -10,8 +10,10 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lapin::options::BasicGetOptions;
 
-use crate::common::{Forwarder, amqp_uri, declare_plain_quorum_queue, http_client, metric, send};
-use crate::helpers::{Message, TestApp, drain_queue, spawn_app, test_settings, unique};
+use crate::common::{
+    Forwarder, Message, TestApp, amqp_uri, declare_plain_quorum_queue, drain_queue, http_client,
+    metric, send, spawn_app, test_settings, unique,
+};
 
 /// A forwarder publishing to a fresh exchange with no queue of its own: only the consumers'
 /// queues receive its events.

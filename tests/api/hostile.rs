@@ -9,19 +9,15 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, bind_app, read_until_closed, spawn_app, test_settings};
+use crate::common::{TestApp, bind_app, read_raw, read_until_closed, spawn_app, test_settings};
 
 /// Writes `request` on a fresh connection and returns everything read until close or `wait`.
 async fn raw_exchange(app: &TestApp, request: &[u8], wait: Duration) -> (String, Duration) {
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
     let started = Instant::now();
     let _ = stream.write_all(request).await;
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut response)).await;
-    (
-        String::from_utf8_lossy(&response).into_owned(),
-        started.elapsed(),
-    )
+    let read = read_raw(&mut stream, wait, |_| false).await;
+    (read.unwrap_or_else(|partial| partial), started.elapsed())
 }
 
 /// A whole callback request with `body`, as raw bytes.
@@ -326,8 +322,8 @@ async fn sources_off_the_allowlist_get_403_and_forwarded_for_is_believed_only_fr
     app.stop().await;
 
     settings.auth.trusted_proxies = vec!["127.0.0.0/8".parse().expect("network")];
-    settings.amqp.queues[0].name = crate::helpers::unique("q").parse().expect("a name");
-    settings.amqp.exchange = crate::helpers::unique("ex").parse().expect("a name");
+    settings.amqp.queues[0].name = crate::common::unique("q").parse().expect("a name");
+    settings.amqp.exchange = crate::common::unique("ex").parse().expect("a name");
     let app = spawn_app(settings).await;
     let via_proxy = app
         .post_callback_with(body, &[("x-forwarded-for", "192.0.2.5")])

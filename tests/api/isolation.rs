@@ -16,10 +16,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::task::JoinHandle;
 
 use crate::common::{
-    Answer, Forwarder, HttpClient, count_ids, forwarder_toml, http_client, metric, send,
-    series_count,
+    Answer, Forwarder, HttpClient, TestApp, count_ids, forwarder_toml, http_client, metric,
+    read_until_closed, send, series_count, spawn_app, test_settings, unique,
 };
-use crate::helpers::{TestApp, read_until_closed, spawn_app, test_settings, unique};
 
 /// A value far over any header bound and over the broker's default 128 KiB frame: copied into
 /// a header, it made RabbitMQ close the connection every request shares.

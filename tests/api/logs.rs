@@ -8,8 +8,7 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lapin::options::ExchangeDeleteOptions;
 
-use crate::common::{Forwarder, broker, count_ids, http_client, send};
-use crate::helpers::{amqp_uri, unique};
+use crate::common::{Forwarder, amqp_uri, broker, count_ids, http_client, send, unique};
 
 const PASSWORD: &str = "pw-never-logged-7f3a";
 const TEXT: &str = "message-text-never-logged-91c2";

@@ -14,7 +14,6 @@ mod cli;
 mod common;
 mod compose;
 mod consume;
-mod helpers;
 mod hostile;
 mod isolation;
 mod logs;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, spawn_app, test_settings};
+use crate::common::{TestApp, spawn_app, test_settings};
 
 /// The exposition as the parser read it: `{family: {type, unit, samples}}`.
 fn parse(exposition: &str) -> Value {

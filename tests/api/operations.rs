@@ -40,12 +40,9 @@ fn arg<'a>(args: &[&'a str], flag: &str) -> &'a str {
 fn check_config_as_deployed(container: &Yaml) -> String {
     let config = manifest("configmap.yaml");
     let secret = manifest("secret.yaml");
-    let file = std::env::temp_dir().join(format!("{}.toml", crate::helpers::unique("k8s")));
+    let file = std::env::temp_dir().join(format!("{}.toml", crate::common::unique("k8s")));
     std::fs::write(&file, text(&config["data"]["config.toml"])).expect("write the ConfigMap");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bandwidth-forwarder"));
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FORWARDER__")) {
-        command.env_remove(key);
-    }
+    let mut command = crate::common::binary();
     command.args(["check-config", "--config"]).arg(&file);
     for variable in container["env"].as_vec().expect("env") {
         let reference = &variable["valueFrom"]["secretKeyRef"];

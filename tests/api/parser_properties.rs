@@ -11,7 +11,7 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::helpers::{fixture, fixture_names};
+use crate::common::{fixture, fixture_names};
 
 const MAX_DEPTH: usize = 32;
 

@@ -9,10 +9,12 @@ use hyper::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::common::{Forwarder, count_ids, forwarder_toml, http_client, try_send};
-use crate::helpers::{amqp_uri, broker, read_until_closed, spawn_app, test_settings, unique};
+use crate::common::{
+    Forwarder, amqp_uri, broker, count_ids, forwarder_toml, http_client, read_until_closed,
+    spawn_app, test_settings, try_send, unique,
+};
 
-async fn inflight(app: &crate::helpers::TestApp) -> String {
+async fn inflight(app: &crate::common::TestApp) -> String {
     let metrics = app.get("/metrics").await;
     String::from_utf8_lossy(&metrics.body)
         .lines()

@@ -1,4 +1,5 @@
-//! Test harness: a real forwarder on a random port, a real RabbitMQ, unique names per test.
+//! A forwarder in the test's own process (`Application`) on a random port, with unique broker
+//! objects per test; the fixtures it is fed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,13 +10,11 @@ use bandwidth_forwarder::settings::{QueueSettings, Secret, Settings};
 use bytes::Bytes;
 use hyper::Method;
 use lapin::{Channel, Connection};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use crate::common::{Answer, Message, amqp_uri, broker, drain_queue, unique};
-use crate::common::{HttpClient, Leftovers, READY_WITHIN, http_client, ready_within, send};
+use super::broker::{Leftovers, Message, amqp_uri, broker, drain_queue, unique};
+use super::http::{Answer, HttpClient, READY_WITHIN, http_client, ready_within, send};
 
 /// The bytes of a fixture under `tests/fixtures/bandwidth/`.
 pub fn fixture(name: &str) -> Bytes {
@@ -227,17 +226,6 @@ impl TestApp {
         }
         self.task.take().expect("app still running")
     }
-}
-
-/// Reads a raw connection until the server closes it; fails the test if that takes longer
-/// than `within`.
-pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
-    let mut response = Vec::new();
-    tokio::time::timeout(within, stream.read_to_end(&mut response))
-        .await
-        .expect("the server answers and closes in time")
-        .expect("read the answer");
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// Lowercase hex SHA-256, computed here independently of the crate.
