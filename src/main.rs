@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bandwidth_forwarder::consumer::{self, ConsumeOptions};
-use bandwidth_forwarder::{app, settings::Settings, telemetry};
+use bandwidth_forwarder::settings::{Settings, SettingsError};
+use bandwidth_forwarder::{app, telemetry};
 use clap::{Args, Parser, Subcommand};
 
 /// mimalloc rather than glibc's allocator: a request allocates and frees dozens of small
@@ -65,13 +66,28 @@ struct ConsumeArgs {
     #[arg(long, value_name = "N")]
     prefetch: Option<u16>,
     /// Handlers running at once; 1 keeps the queue's order.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     concurrency: u16,
     /// Deliveries of an event before it is dead-lettered.
-    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
     max_attempts: u32,
     /// A handler running longer is killed (its process group) and the event retried.
-    #[arg(long, value_name = "N", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     handler_timeout_ms: u64,
     /// Serve /healthz, /readyz and /metrics on this address (`127.0.0.1:0` picks a port).
     #[arg(long, value_name = "ADDR")]
@@ -104,54 +120,78 @@ impl ConsumeArgs {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Needs no settings: a broken configuration must not make a running service look unhealthy.
-    if let Some(Command::Healthcheck { url }) = &cli.command {
-        return match bandwidth_forwarder::healthcheck::check(url) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("unhealthy: {error}");
-                ExitCode::FAILURE
-            }
-        };
+/// How a command failed, and so what it prints and exits with.
+enum Failure {
+    /// The settings did not load: the reason on stderr, exit 2.
+    Settings(SettingsError),
+    /// A probe did not answer 200: the reason on stderr, exit 1.
+    Unhealthy(String),
+    /// The command ran and failed: an error log line, exit 1.
+    Run(anyhow::Error),
+}
+
+impl From<SettingsError> for Failure {
+    fn from(error: SettingsError) -> Self {
+        Self::Settings(error)
     }
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("invalid configuration: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let outcome = match cli.command {
-        Some(Command::CheckConfig) => {
-            print!("{}", settings.to_redacted_toml());
-            return ExitCode::SUCCESS;
-        }
-        Some(Command::Consume(args)) => {
-            telemetry::init(&settings.log);
-            consumer::consume(settings, args.into_options())
-        }
-        Some(Command::Replay { queue, limit }) => {
-            telemetry::init(&settings.log);
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(consumer::replay(&settings, &queue, limit)))
-                .map(|moved| println!("{moved}"))
-        }
-        Some(Command::Healthcheck { .. }) => unreachable!("handled before the settings"),
-        Some(Command::Serve) | None => {
-            telemetry::init(&settings.log);
-            app::serve(settings, cli.config)
-        }
-    };
-    match outcome {
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Run(error)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err(Failure::Settings(error)) => {
+            eprintln!("invalid configuration: {error}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Unhealthy(error)) => {
+            eprintln!("unhealthy: {error}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Run(error)) => {
             tracing::error!("{error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let load = || Settings::load(cli.config.as_deref());
+    match cli.command.unwrap_or(Command::Serve) {
+        // Needs no settings: a broken configuration must not make a running service look
+        // unhealthy.
+        Command::Healthcheck { url } => {
+            bandwidth_forwarder::healthcheck::check(&url).map_err(Failure::Unhealthy)
+        }
+        Command::CheckConfig => {
+            print!("{}", load()?.to_redacted_toml());
+            Ok(())
+        }
+        Command::Consume(args) => {
+            let settings = load()?;
+            telemetry::init(&settings.log);
+            Ok(consumer::consume(settings, args.into_options())?)
+        }
+        Command::Replay { queue, limit } => {
+            let settings = load()?;
+            telemetry::init(&settings.log);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
+            let moved = runtime.block_on(consumer::replay(&settings, &queue, limit))?;
+            println!("{moved}");
+            Ok(())
+        }
+        Command::Serve => {
+            let settings = load()?;
+            telemetry::init(&settings.log);
+            Ok(app::serve(settings, cli.config.clone())?)
         }
     }
 }
