@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use arc_swap::ArcSwap;
 
@@ -125,7 +125,13 @@ async fn callback(
     let outcome = {
         let _in_flight = state.metrics.in_flight();
         match state.lifecycle.enter() {
-            Some(_admitted) => accept(state, peer, request, request_id).await,
+            // What the publish path logs, here and in the channel worker, carries the id.
+            Some(_admitted) => {
+                let span = info_span!("callback", request_id);
+                accept(state, peer, request, request_id)
+                    .instrument(span)
+                    .await
+            }
             None => Err(CallbackError::ShuttingDown),
         }
     };
@@ -153,7 +159,14 @@ async fn callback(
             let status = error.status();
             if let CallbackError::Publish(publish) = &error {
                 state.metrics.publish_failed(publish.code());
-                warn!(request_id, status = status.as_u16(), error = error.code(), detail = %error, latency_ms, "callback not published");
+                warn!(
+                    request_id,
+                    status = status.as_u16(),
+                    error = error.code(),
+                    detail = %error,
+                    latency_ms,
+                    "callback not published"
+                );
             } else {
                 info!(
                     request_id,

@@ -72,6 +72,17 @@ pub(super) async fn publish_batch(
     };
     let elapsed = started.elapsed().as_secs_f64();
     let outcome = attribute(&live, confirmations);
+    if !outcome.channel_healthy {
+        // Once per request of the batch, in its span: the warning carries its request id.
+        for job in &live {
+            job.span.in_scope(|| {
+                warn!(
+                    worker = config.id,
+                    "channel failed during a batch, replacing it"
+                )
+            });
+        }
+    }
     for (kind, count) in confirmed_by_type(&live, &outcome.results) {
         shared.metrics.published(kind, count);
     }
@@ -83,10 +94,6 @@ pub(super) async fn publish_batch(
     }
     if !outcome.channel_healthy {
         shared.link.topology_lost();
-        warn!(
-            worker = config.id,
-            "channel failed during a batch, replacing it"
-        );
     }
     outcome.channel_healthy && channel.status().connected()
 }
@@ -216,6 +223,7 @@ mod tests {
             events,
             received: Received::now("test"),
             deadline: Instant::now(),
+            span: tracing::Span::none(),
             reply: tokio::sync::oneshot::channel().0,
         }
     }

@@ -141,3 +141,37 @@ async fn unroutable_events_are_logged_without_their_body() {
         .await
         .expect("delete the exchange");
 }
+
+/// What a channel worker logs about a request runs in the request's span: its warning when the
+/// broker closes the channel under a batch (here, the exchange deleted) carries the request id.
+#[tokio::test]
+async fn a_workers_warning_carries_the_request_id_of_the_callback_it_concerns() {
+    let (exchange, queue) = (unique("ex"), unique("q"));
+    let _leftovers = crate::common::Leftovers::of(&[&queue], &[&exchange]);
+    let forwarder = Forwarder::start(&crate::common::forwarder_toml(
+        &amqp_uri(),
+        &exchange,
+        &queue,
+        3_000,
+    ));
+    forwarder.wait_ready().await;
+    let connection = broker().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete the exchange under the forwarder");
+    let body = r#"[{"type":"message-sent","message":{"id":"logs-3"}}]"#.to_owned();
+    let (status, answer) = post(&forwarder.url("/callbacks/bandwidth/messaging"), "", body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (_, logs) = forwarder.stop().await;
+    let warning: serde_json::Value = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .find(|line: &serde_json::Value| {
+            line["message"] == "channel failed during a batch, replacing it"
+        })
+        .unwrap_or_else(|| panic!("no worker warning in\n{logs}"));
+    assert_eq!(warning["span"]["name"], "callback", "{warning}");
+    assert_eq!(warning["span"]["request_id"], "req-logs-1", "{warning}");
+}
