@@ -43,7 +43,8 @@ pub async fn connect(
     }
 }
 
-/// The first URI, starting at `first`, that connects and accepts `topology`; `Ok(None)` when none did this round (or `stop` fired), `Err` on a fatal declare.
+/// The first URI, starting at `first`, that connects and accepts `topology`; `Ok(None)` when
+/// none did this round (or `stop` fired), `Err` on a fatal declare.
 async fn connect_any(
     uris: &[String],
     first: usize,

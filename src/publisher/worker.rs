@@ -52,7 +52,10 @@ pub(super) async fn run(
         let Some(connection) = current else {
             // No broker: fail whatever is queued at once rather than let it time out.
             tokio::select! {
-                changed = connection_rx.changed() => if changed.is_err() { fail_remaining(&jobs).await; return },
+                changed = connection_rx.changed() => if changed.is_err() {
+                    fail_remaining(&jobs).await;
+                    return;
+                },
                 job = jobs.recv() => match job {
                     Ok(job) => reply(job, Err(PublishError::Unavailable)),
                     Err(_) => return,
