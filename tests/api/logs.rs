@@ -133,13 +133,6 @@ async fn unroutable_events_are_logged_without_their_body() {
     assert_eq!(failed["status"], 503);
     assert_eq!(failed["error"], "unroutable");
     assert!(failed["detail"].is_string(), "{failed}");
-
-    let connection = broker().await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .expect("delete the exchange");
 }
 
 /// What a channel worker logs about a request runs in the request's span: its warning when the
