@@ -1,5 +1,6 @@
 //! Command line: parse flags, load settings, start telemetry, run.
 
+use std::num::{NonZeroU16, NonZeroU64};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,13 +67,8 @@ struct ConsumeArgs {
     #[arg(long, value_name = "N")]
     prefetch: Option<u16>,
     /// Handlers running at once; 1 keeps the queue's order.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u16).range(1..)
-    )]
-    concurrency: u16,
+    #[arg(long, value_name = "N", default_value = "1")]
+    concurrency: NonZeroU16,
     /// Deliveries of an event before it is dead-lettered.
     #[arg(
         long,
@@ -82,13 +78,8 @@ struct ConsumeArgs {
     )]
     max_attempts: u32,
     /// A handler running longer is killed (its process group) and the event retried.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 30_000,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    handler_timeout_ms: u64,
+    #[arg(long, value_name = "N", default_value = "30000")]
+    handler_timeout_ms: NonZeroU64,
     /// Serve /healthz, /readyz and /metrics on this address (`127.0.0.1:0` picks a port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
@@ -101,18 +92,18 @@ const WINDOW_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl ConsumeArgs {
     fn into_options(self) -> ConsumeOptions {
-        let concurrency = usize::from(self.concurrency);
+        let concurrency = self.concurrency.get();
         ConsumeOptions {
             queue: self.queue,
             bindings: self.bindings,
             exec: self.exec,
             prefetch: self
                 .prefetch
-                .unwrap_or(self.concurrency.saturating_mul(2))
-                .max(self.concurrency),
-            concurrency,
+                .unwrap_or(concurrency.saturating_mul(2))
+                .max(concurrency),
+            concurrency: usize::from(concurrency),
             max_attempts: self.max_attempts,
-            handler_timeout: Duration::from_millis(self.handler_timeout_ms),
+            handler_timeout: Duration::from_millis(self.handler_timeout_ms.get()),
             window_entries: WINDOW_ENTRIES,
             window_age: WINDOW_AGE,
             listen: self.listen,

@@ -24,6 +24,12 @@ async fn forwarder() -> TestApp {
 }
 
 /// The settings file a consumer of `app`'s exchange reads.
+/// `consume` of `queue`, bound to every event, running `exec`, with `more` flags.
+fn consume_all(toml: &str, queue: &str, exec: &str, more: &[&str]) -> Forwarder {
+    let every = ["--queue", queue, "--bind", "#", "--exec", exec];
+    Forwarder::consume(toml, &[&every[..], more].concat())
+}
+
 fn consumer_toml(app: &TestApp) -> String {
     format!(
         "[amqp]\nuri = \"{}\"\nexchange = \"{}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n",
@@ -183,10 +189,7 @@ async fn the_same_event_twice_is_handled_once_and_another_event_runs() {
     let queue = consumer_queue(&app, "dedup");
     let handled = Scratch::new();
     let exec = format!("echo \"$BANDWIDTH_MESSAGE_ID\" >> {}", handled.path());
-    let consumer = Forwarder::consume(
-        &consumer_toml(&app),
-        &["--queue", &queue, "--bind", "#", "--exec", &exec],
-    );
+    let consumer = consume_all(&consumer_toml(&app), &queue, &exec, &[]);
     let body = event("message-delivered", "same");
     post(&app, &body).await;
     eventually(
@@ -350,7 +353,7 @@ async fn an_event_whose_consumer_is_killed_mid_handler_is_handled_by_the_next() 
         "echo \"$BANDWIDTH_MESSAGE_ID\" >> {}; {sleep}",
         started.path()
     );
-    let first = Forwarder::consume(&toml, &["--queue", &queue, "--bind", "#", "--exec", &exec]);
+    let first = consume_all(&toml, &queue, &exec, &[]);
     post(&app, &event("message-received", "inbound-1")).await;
     eventually(
         "the first consumer started the handler",
@@ -373,7 +376,7 @@ async fn an_event_whose_consumer_is_killed_mid_handler_is_handled_by_the_next() 
         "echo \"$BANDWIDTH_MESSAGE_ID $BANDWIDTH_DELIVERY_ATTEMPT\" >> {}",
         handled.path()
     );
-    let second = Forwarder::consume(&toml, &["--queue", &queue, "--bind", "#", "--exec", &exec]);
+    let second = consume_all(&toml, &queue, &exec, &[]);
     let lines = eventually(
         "the next consumer handles it",
         Duration::from_secs(10),
@@ -398,10 +401,7 @@ async fn sigterm_lets_the_running_handler_finish_acks_it_and_exits_0() {
         started.path(),
         finished.path()
     );
-    let consumer = Forwarder::consume(
-        &consumer_toml(&app),
-        &["--queue", &queue, "--bind", "#", "--exec", &exec],
-    );
+    let consumer = consume_all(&consumer_toml(&app), &queue, &exec, &[]);
     post(&app, &event("message-delivered", "in-flight")).await;
     eventually(
         "the handler started",
@@ -437,7 +437,7 @@ async fn two_instances_on_one_queue_share_the_work_and_handle_each_event_once() 
             "sleep 0.05; echo \"$BANDWIDTH_MESSAGE_ID\" >> {}",
             file.path()
         );
-        Forwarder::consume(&toml, &["--queue", &queue, "--bind", "#", "--exec", &exec])
+        consume_all(&toml, &queue, &exec, &[])
     };
     let consumers = (start(&one), start(&two));
     let ids: Vec<String> = (0..40).map(|i| format!("shared-{i}")).collect();
@@ -542,20 +542,11 @@ async fn a_consumer_with_listen_serves_probes_and_counts_every_outcome() {
     let app = forwarder().await;
     let queue = consumer_queue(&app, "observed");
     let exec = r#"test "$BANDWIDTH_MESSAGE_ID" != bad"#;
-    let consumer = Forwarder::consume(
+    let consumer = consume_all(
         &consumer_toml(&app),
-        &[
-            "--queue",
-            &queue,
-            "--bind",
-            "#",
-            "--exec",
-            exec,
-            "--max-attempts",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &queue,
+        exec,
+        &["--max-attempts", "2", "--listen", "127.0.0.1:0"],
     );
     let client = http_client();
     let get = async |path: &str| {
@@ -609,19 +600,7 @@ async fn replay_returns_dead_lettered_events_to_the_queue_for_another_try() {
         handled.path()
     );
     let toml = consumer_toml(&app);
-    let consumer = Forwarder::consume(
-        &toml,
-        &[
-            "--queue",
-            &queue,
-            "--bind",
-            "#",
-            "--exec",
-            &exec,
-            "--max-attempts",
-            "1",
-        ],
-    );
+    let consumer = consume_all(&toml, &queue, &exec, &["--max-attempts", "1"]);
     post(&app, &event("message-received", "retry-me")).await;
     let dead = format!("{queue}.dead");
     eventually(

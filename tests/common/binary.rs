@@ -2,7 +2,7 @@
 //! JSON logs, run to exit, signals, its command line.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +51,19 @@ fn collect_lines(
     })
 }
 
+/// Starts the binary with `ARGS` and the settings file `config`, its log (stderr) piped.
+fn launch(args: &[&str], config: &Path, stdout: Stdio) -> Child {
+    binary()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary")
+}
+
 /// Writes a settings file for the binary: `toml` plus JSON logs.
 fn write_config(toml: &str) -> PathBuf {
     let config = std::env::temp_dir().join(format!("{}.toml", unique("forwarder")));
@@ -74,15 +87,7 @@ impl Forwarder {
     /// must come within `within`: exit code and everything it logged.
     pub async fn run_to_exit(toml: &str, args: &[&str], within: Duration) -> (Option<i32>, String) {
         let config = write_config(toml);
-        let mut child = binary()
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the binary");
+        let mut child = launch(args, &config, Stdio::null());
         let logs = Arc::new(Mutex::new(Vec::new()));
         let reader = collect_lines(child.stderr.take().expect("stderr"), logs.clone(), None);
         let deadline = tokio::time::Instant::now() + within;
@@ -107,15 +112,7 @@ impl Forwarder {
 
     fn spawn(args: &[&str], toml: &str, ready: &'static str) -> Self {
         let config = write_config(toml);
-        let mut child = binary()
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the binary");
+        let mut child = launch(args, &config, Stdio::piped());
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
