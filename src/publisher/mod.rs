@@ -2,12 +2,12 @@
 //! (`amqp::Link`), and the handle the HTTP layer awaits.
 //!
 //! A request becomes a [`Job`] on a shared queue. Each confirm channel is owned by one worker
-//! task that takes every queued job (up to a limit), publishes all their events, awaits all
-//! their confirms and only then answers them (group commit). Because a channel carries one
-//! batch at a time, every `basic.return` the broker sends belongs to that batch, and is
-//! matched to its request by `message_id` rather than by which confirm lapin attached it to.
+//! task that takes the queued jobs and publishes their events while earlier confirms are still
+//! outstanding, and answers each job at its own confirms; a `basic.return` is matched to its
+//! request by `message_id`, not by which confirm lapin attached it to (`inflight.rs` says why
+//! that is exact).
 
-mod batch;
+mod inflight;
 mod job;
 pub mod message;
 mod state;

@@ -1,16 +1,22 @@
-//! One confirm channel and the task that owns it: open it, take the queued jobs as one batch
-//! (`batch.rs` publishes it), replace the channel when it fails.
+//! One confirm channel and the task that owns it: open it, publish the queued jobs as they
+//! come while earlier confirms are outstanding (`inflight.rs` answers each at its own
+//! confirms), replace the channel when it fails.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::BasicPublishOptions;
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
-use super::batch::{publish_batch, reply};
+use super::inflight::{InFlight, reply};
 use super::job::{Job, PublishError};
+use super::message::{properties, routing_key};
 use super::state::Shared;
 use crate::amqp::CurrentConnection;
 use crate::settings::AmqpSettings;
@@ -26,7 +32,7 @@ const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) struct WorkerConfig {
     pub(super) id: usize,
     pub(super) exchange: ShortString,
-    pub(super) max_batch_events: usize,
+    pub(super) max_in_flight_events: usize,
 }
 
 impl WorkerConfig {
@@ -35,7 +41,7 @@ impl WorkerConfig {
             id,
             // A `Name` fits a short string.
             exchange: ShortString::from(settings.exchange.as_str()),
-            max_batch_events: settings.max_batch_events,
+            max_in_flight_events: settings.max_batch_events,
         }
     }
 }
@@ -85,7 +91,8 @@ pub(super) async fn run(
     }
 }
 
-/// Publishes batches on `channel` while it stays healthy; true when the queue is closed.
+/// Publishes on `channel` while it stays healthy, answering each job at its own confirms;
+/// true when the job queue is closed and everything taken is answered.
 async fn serve_channel(
     config: &WorkerConfig,
     shared: &Shared,
@@ -93,32 +100,133 @@ async fn serve_channel(
     connection_rx: &mut CurrentConnection,
     jobs: &async_channel::Receiver<Job>,
 ) -> bool {
-    loop {
-        if !channel.status().connected() {
-            return false;
+    let mut in_flight = InFlight::default();
+    let mut closing = false;
+    let failure = loop {
+        if closing && in_flight.is_empty() {
+            return true;
         }
-        let first = tokio::select! {
+        if !channel.status().connected() {
+            break PublishError::ChannelClosed("the channel closed".into());
+        }
+        let oldest = in_flight.oldest_deadline();
+        let room = in_flight.events() < config.max_in_flight_events;
+        tokio::select! {
             biased;
-            _ = connection_rx.changed() => return false,
-            job = jobs.recv() => match job {
-                Ok(job) => job,
-                Err(_) => return true,
-            },
-        };
-        let mut batch = vec![first];
-        let mut events = batch[0].events.len();
-        while events < config.max_batch_events {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    events += job.events.len();
-                    batch.push(job);
+            _ = connection_rx.changed() => {
+                break PublishError::ChannelClosed("the connection was lost".into());
+            }
+            Some(first) = in_flight.confirms.next() => {
+                // Everything resolved by now is read together (see `inflight.rs`).
+                let mut resolved = vec![first];
+                while let Some(Some(next)) = in_flight.confirms.next().now_or_never() {
+                    resolved.push(next);
                 }
-                Err(_) => break,
+                if let Err(failure) = in_flight.settle(resolved, &shared.metrics) {
+                    break failure;
+                }
+            }
+            _ = sleep_until_some(oldest) => {
+                debug!(worker = config.id, "confirms timed out, replacing the channel");
+                in_flight.fail_all(PublishError::Timeout);
+                return false;
+            }
+            job = jobs.recv(), if room && !closing => match job {
+                Ok(first) => {
+                    let room = config.max_in_flight_events - in_flight.events();
+                    let taken = take_waiting(first, jobs, room);
+                    if let Err(failure) = publish(config, channel, taken, &mut in_flight).await {
+                        break failure;
+                    }
+                }
+                Err(_) => closing = true,
+            },
+        }
+    };
+    in_flight.fail_all(failure);
+    shared.link.topology_lost();
+    false
+}
+
+/// `first` and the jobs waiting behind it, up to `room` events (at least `first`); a job past
+/// its deadline, or whose requester is gone, is answered at once and not published.
+fn take_waiting(first: Job, jobs: &async_channel::Receiver<Job>, room: usize) -> Vec<Job> {
+    let mut taken = vec![first];
+    let mut events = taken[0].events.len();
+    while events < room {
+        match jobs.try_recv() {
+            Ok(job) => {
+                events += job.events.len();
+                taken.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    let now = Instant::now();
+    let (live, expired): (Vec<Job>, Vec<Job>) = taken
+        .into_iter()
+        .partition(|job| job.deadline > now && !job.reply.is_closed());
+    for job in expired {
+        reply(job, Err(PublishError::Timeout));
+    }
+    live
+}
+
+/// Publishes every event of `taken` and puts the jobs in flight; `Err` when the channel
+/// failed, or could not take them before their deadline, with the answer for every job.
+async fn publish(
+    config: &WorkerConfig,
+    channel: &Channel,
+    taken: Vec<Job>,
+    in_flight: &mut InFlight,
+) -> Result<(), PublishError> {
+    let Some(deadline) = taken.iter().map(|job| job.deadline).min() else {
+        return Ok(());
+    };
+    let mut publishes = Vec::with_capacity(taken.iter().map(|job| job.events.len()).sum());
+    for job in &taken {
+        for event in &job.events {
+            publishes.push(channel.basic_publish(
+                config.exchange.clone(),
+                routing_key(event),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &event.body,
+                properties(event, &job.received),
+            ));
+        }
+    }
+    let Ok(sent) = tokio::time::timeout_at(deadline, join_all(publishes)).await else {
+        for job in taken {
+            reply(job, Err(PublishError::Timeout));
+        }
+        return Err(PublishError::Timeout);
+    };
+    let mut outcome = Ok(());
+    let mut sent = sent.into_iter();
+    for job in taken {
+        let id = in_flight.add(job);
+        for confirm in sent.by_ref().take(in_flight.events_of(id)) {
+            match confirm {
+                Ok(confirm) => in_flight.watch(id, confirm),
+                Err(error) => {
+                    let closed = PublishError::ChannelClosed(error.to_string());
+                    in_flight.confirmed(id, Some(closed.clone()));
+                    outcome = Err(closed);
+                }
             }
         }
-        if !publish_batch(config, shared, channel, batch).await {
-            return false;
-        }
+    }
+    outcome
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -136,7 +136,7 @@ pub struct AmqpSettings {
     pub queues: Vec<QueueSettings>,
     /// Confirm channels publishing in parallel.
     pub channels: usize,
-    /// Most events one channel publishes before awaiting their confirms.
+    /// Most events one channel has published and not yet seen confirmed.
     pub max_batch_events: usize,
     /// First reconnect delay; doubles per failure up to `reconnect_max_ms`.
     #[serde(rename = "reconnect_initial_ms", with = "values::millis")]

@@ -162,7 +162,7 @@ async fn a_workers_warning_carries_the_request_id_of_the_callback_it_concerns() 
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .find(|line: &serde_json::Value| {
-            line["message"] == "channel failed during a batch, replacing it"
+            line["message"] == "channel failed with this request in flight, replacing it"
         })
         .unwrap_or_else(|| panic!("no worker warning in\n{logs}"));
     assert_eq!(warning["span"]["name"], "callback", "{warning}");
