@@ -302,104 +302,97 @@ mod tests {
         (id, Ok(Confirmation::Ack(returned)))
     }
 
+    /// An `InFlight` holding one job per key list, in order: their ids and answers.
+    fn in_flight(jobs: &[&[&str]]) -> (InFlight, Vec<u64>, Vec<Answer>) {
+        let mut in_flight = InFlight::default();
+        let (mut ids, mut answers) = (Vec::new(), Vec::new());
+        for keys in jobs {
+            let (job, answer) = job(keys);
+            ids.push(in_flight.add(job));
+            answers.push(answer);
+        }
+        (in_flight, ids, answers)
+    }
+
     fn answer(receiver: &mut Answer) -> Option<Result<(), PublishError>> {
         receiver.try_recv().ok()
     }
 
     #[test]
     fn a_return_carried_by_a_later_jobs_confirm_fails_its_own_job() {
-        let metrics = Metrics::new();
-        let mut in_flight = InFlight::default();
-        let (a, mut a_answer) = job(&["a"]);
-        let (b, mut b_answer) = job(&["b"]);
-        let (a, b) = (in_flight.add(a), in_flight.add(b));
+        let (mut in_flight, ids, mut answers) = in_flight(&[&["a"], &["b"]]);
         // One multiple-ack: lapin resolved a's confirm without its return and handed the return
         // to b's; both are read together.
-        let settled = in_flight.settle(vec![ack(a, None), ack(b, returned("a"))], &metrics);
-        assert_eq!(settled, Ok(()));
-        assert_eq!(answer(&mut a_answer), Some(Err(PublishError::Unroutable)));
-        assert_eq!(answer(&mut b_answer), Some(Ok(())));
+        let round = vec![ack(ids[0], None), ack(ids[1], returned("a"))];
+        assert_eq!(in_flight.settle(round, &Metrics::new()), Ok(()));
+        assert_eq!(answer(&mut answers[0]), Some(Err(PublishError::Unroutable)));
+        assert_eq!(answer(&mut answers[1]), Some(Ok(())));
         assert!(in_flight.is_empty());
     }
 
     #[test]
     fn a_return_read_before_its_own_confirm_waits_for_it() {
         let metrics = Metrics::new();
-        let mut in_flight = InFlight::default();
-        let (a, mut a_answer) = job(&["a1", "a2"]);
-        let (b, mut b_answer) = job(&["b"]);
-        let (a, b) = (in_flight.add(a), in_flight.add(b));
-        assert_eq!(
-            in_flight.settle(vec![ack(b, returned("a2"))], &metrics),
-            Ok(())
-        );
-        assert_eq!(answer(&mut b_answer), Some(Ok(())));
-        assert_eq!(answer(&mut a_answer), None, "a still has confirms out");
-        assert_eq!(in_flight.events(), 2);
-        let settled = in_flight.settle(vec![ack(a, None), ack(a, None)], &metrics);
+        let (mut in_flight, ids, mut answers) = in_flight(&[&["a1", "a2"], &["b"]]);
+        let settled = in_flight.settle(vec![ack(ids[1], returned("a2"))], &metrics);
         assert_eq!(settled, Ok(()));
-        assert_eq!(answer(&mut a_answer), Some(Err(PublishError::Unroutable)));
+        assert_eq!(answer(&mut answers[1]), Some(Ok(())));
+        assert_eq!(answer(&mut answers[0]), None, "a still has confirms out");
+        assert_eq!(in_flight.events(), 2);
+        let settled = in_flight.settle(vec![ack(ids[0], None), ack(ids[0], None)], &metrics);
+        assert_eq!(settled, Ok(()));
+        assert_eq!(answer(&mut answers[0]), Some(Err(PublishError::Unroutable)));
         assert_eq!(in_flight.events(), 0);
     }
 
     #[test]
     fn a_return_of_no_job_in_flight_answers_nothing_and_distrusts_the_channel() {
-        let metrics = Metrics::new();
-        let mut in_flight = InFlight::default();
-        let (a, mut a_answer) = job(&["a"]);
-        let (b, mut b_answer) = job(&["b"]);
-        let (a, b) = (in_flight.add(a), in_flight.add(b));
-        let settled = in_flight.settle(vec![ack(a, None), ack(b, returned("stranger"))], &metrics);
-        assert_eq!(settled, Err(PublishError::Unroutable));
-        assert_eq!(answer(&mut a_answer), None, "nothing answered 200");
+        let (mut in_flight, ids, mut answers) = in_flight(&[&["a"], &["b"]]);
+        let round = vec![ack(ids[0], None), ack(ids[1], returned("stranger"))];
+        assert_eq!(
+            in_flight.settle(round, &Metrics::new()),
+            Err(PublishError::Unroutable)
+        );
+        assert_eq!(answer(&mut answers[0]), None, "nothing answered 200");
         in_flight.fail_all(PublishError::Unroutable);
-        assert_eq!(answer(&mut a_answer), Some(Err(PublishError::Unroutable)));
-        assert_eq!(answer(&mut b_answer), Some(Err(PublishError::Unroutable)));
+        for answer_ in &mut answers {
+            assert_eq!(answer(answer_), Some(Err(PublishError::Unroutable)));
+        }
         assert!(in_flight.is_empty());
         assert_eq!(in_flight.events(), 0);
     }
 
     #[test]
     fn nacks_fail_their_job_and_a_channel_error_fails_its_job_and_the_channel() {
-        let metrics = Metrics::new();
-        let mut in_flight = InFlight::default();
-        let (a, mut a_answer) = job(&["a"]);
-        let (b, mut b_answer) = job(&["b"]);
-        let (c, mut c_answer) = job(&["c"]);
-        let (a, b, c) = (in_flight.add(a), in_flight.add(b), in_flight.add(c));
+        let (mut in_flight, ids, mut answers) = in_flight(&[&["a"], &["b"], &["c"]]);
         let closed = lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed);
         let round = vec![
-            (a, Ok(Confirmation::Nack(None))),
-            (b, Err(closed.into())),
-            ack(c, None),
+            (ids[0], Ok(Confirmation::Nack(None))),
+            (ids[1], Err(closed.into())),
+            ack(ids[2], None),
         ];
-        let settled = in_flight.settle(round, &metrics);
+        let settled = in_flight.settle(round, &Metrics::new());
         assert!(matches!(settled, Err(PublishError::ChannelClosed(_))));
-        assert_eq!(answer(&mut a_answer), Some(Err(PublishError::Nacked)));
+        assert_eq!(answer(&mut answers[0]), Some(Err(PublishError::Nacked)));
         assert!(matches!(
-            answer(&mut b_answer),
+            answer(&mut answers[1]),
             Some(Err(PublishError::ChannelClosed(_)))
         ));
-        assert_eq!(answer(&mut c_answer), Some(Ok(())), "its confirm came");
+        assert_eq!(answer(&mut answers[2]), Some(Ok(())), "its confirm came");
     }
 
     #[test]
     fn duplicate_keys_in_flight_fail_every_holder_of_a_returned_key() {
-        let metrics = Metrics::new();
-        let mut in_flight = InFlight::default();
-        let (a, mut a_answer) = job(&["k"]);
-        let (b, mut b_answer) = job(&["k"]);
-        let (c, mut c_answer) = job(&["other"]);
-        let ids = [in_flight.add(a), in_flight.add(b), in_flight.add(c)];
+        let (mut in_flight, ids, mut answers) = in_flight(&[&["k"], &["k"], &["other"]]);
         let round = vec![
             ack(ids[0], None),
             ack(ids[1], returned("k")),
             ack(ids[2], None),
         ];
-        assert_eq!(in_flight.settle(round, &metrics), Ok(()));
-        assert_eq!(answer(&mut a_answer), Some(Err(PublishError::Unroutable)));
-        assert_eq!(answer(&mut b_answer), Some(Err(PublishError::Unroutable)));
-        assert_eq!(answer(&mut c_answer), Some(Ok(())));
+        assert_eq!(in_flight.settle(round, &Metrics::new()), Ok(()));
+        assert_eq!(answer(&mut answers[0]), Some(Err(PublishError::Unroutable)));
+        assert_eq!(answer(&mut answers[1]), Some(Err(PublishError::Unroutable)));
+        assert_eq!(answer(&mut answers[2]), Some(Ok(())));
     }
 
     #[test]
