@@ -102,19 +102,24 @@ async fn serve_channel(
 ) -> bool {
     let mut in_flight = InFlight::default();
     let mut closing = false;
-    let failure = loop {
+    // Why the channel is given up, and whether the topology may be gone with it.
+    let (failure, topology_lost) = loop {
         if closing && in_flight.is_empty() {
             return true;
         }
         if !channel.status().connected() {
-            break PublishError::ChannelClosed("the channel closed".into());
+            break (
+                PublishError::ChannelClosed("the channel closed".into()),
+                true,
+            );
         }
         let oldest = in_flight.oldest_deadline();
         let room = in_flight.events() < config.max_in_flight_events;
         tokio::select! {
             biased;
+            // The supervisor replaces the connection and declares the topology on it.
             _ = connection_rx.changed() => {
-                break PublishError::ChannelClosed("the connection was lost".into());
+                break (PublishError::ChannelClosed("the connection was lost".into()), false);
             }
             Some(first) = in_flight.confirms.next() => {
                 // Everything resolved by now is read together (see `inflight.rs`).
@@ -123,20 +128,20 @@ async fn serve_channel(
                     resolved.push(next);
                 }
                 if let Err(failure) = in_flight.settle(resolved, &shared.metrics) {
-                    break failure;
+                    break (failure, true);
                 }
             }
             _ = sleep_until_some(oldest) => {
                 debug!(worker = config.id, "confirms timed out, replacing the channel");
-                in_flight.fail_all(PublishError::Timeout);
-                return false;
+                break (PublishError::Timeout, false);
             }
             job = jobs.recv(), if room && !closing => match job {
                 Ok(first) => {
                     let room = config.max_in_flight_events - in_flight.events();
                     let taken = take_waiting(first, jobs, room);
                     if let Err(failure) = publish(config, channel, taken, &mut in_flight).await {
-                        break failure;
+                        let topology_lost = failure != PublishError::Timeout;
+                        break (failure, topology_lost);
                     }
                 }
                 Err(_) => closing = true,
@@ -144,7 +149,9 @@ async fn serve_channel(
         }
     };
     in_flight.fail_all(failure);
-    shared.link.topology_lost();
+    if topology_lost {
+        shared.link.topology_lost();
+    }
     false
 }
 
