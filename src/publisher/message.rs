@@ -10,8 +10,8 @@ use crate::event::Event;
 /// (the body still carries it). With every copied value this short (and a request id of at most
 /// 128 bytes), a message's whole header frame stays under 2 KB, well below 4 096 bytes, the
 /// smallest `frame_max` an AMQP 0-9-1 broker may negotiate: no event can make the broker refuse
-/// the frame and close the connection that every request shares. 255 is also AMQP's limit for short strings, which
-/// the `type` property is.
+/// the frame and close the connection that every request shares. 255 is also AMQP's limit for
+/// short strings, which the `type` property is.
 pub const MAX_COPIED_VALUE_BYTES: usize = 255;
 
 /// `app_id` of every message.

@@ -4,7 +4,7 @@
 //! A request becomes a [`Job`] on a shared queue. Each confirm channel is owned by one worker
 //! task that takes the queued jobs and publishes their events while earlier confirms are still
 //! outstanding, and answers each job at its own confirms; a `basic.return` is matched to its
-//! request by `message_id`, not by which confirm lapin attached it to (`inflight.rs` says why
+//! request by `message_id`, not by which confirm lapin attached it to (`inflight/mod.rs` says why
 //! that is exact).
 
 mod inflight;

@@ -1,5 +1,5 @@
 //! One confirm channel and the task that owns it: open it, publish the queued jobs as they
-//! come while earlier confirms are outstanding (`inflight.rs` answers each at its own
+//! come while earlier confirms are outstanding (`inflight/` answers each at its own
 //! confirms), replace the channel when it fails.
 
 use std::sync::Arc;
@@ -122,7 +122,7 @@ async fn serve_channel(
                 break (PublishError::ChannelClosed("the connection was lost".into()), false);
             }
             Some(first) = in_flight.confirms.next() => {
-                // Everything resolved by now is read together (see `inflight.rs`).
+                // Everything resolved by now is read together (see `inflight/mod.rs`).
                 let mut resolved = vec![first];
                 while let Some(Some(next)) = in_flight.confirms.next().now_or_never() {
                     resolved.push(next);
