@@ -6,9 +6,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 mod keys;
+mod message_id;
 mod scan;
 
 pub use keys::{dedup_key_for_message, routing_key, sha256_hex};
+use message_id::MessageId;
 pub use scan::with_string_flags;
 use scan::{first_byte, nesting_exceeds};
 
@@ -86,19 +88,12 @@ impl InvalidCallback {
 struct EventFields<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<&'a RawValue>,
-    #[serde(borrow)]
-    message: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    message: MessageId<'a>,
     #[serde(borrow)]
     to: Option<&'a RawValue>,
     #[serde(borrow)]
     time: Option<&'a RawValue>,
-}
-
-/// The one field of `message` the dedup key uses.
-#[derive(Deserialize)]
-struct MessageFields<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
 }
 
 /// Splits and validates a whole callback body; on any error nothing is returned.
@@ -154,12 +149,7 @@ fn parse_event(
         .kind
         .and_then(as_string)
         .ok_or(InvalidCallback::MissingType { index })?;
-    let message_id = fields
-        .message
-        .filter(|m| m.get().starts_with('{'))
-        .and_then(|m| serde_json::from_str::<MessageFields>(m.get()).ok())
-        .and_then(|m| m.id)
-        .and_then(as_string);
+    let message_id = fields.message.0.and_then(as_string);
     let to = fields.to.and_then(as_string).unwrap_or_default();
     let dedup_key = match &message_id {
         Some(id) => dedup_key_for_message(&kind, id, &to),
