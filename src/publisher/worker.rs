@@ -214,8 +214,9 @@ async fn publish(
     let mut outcome = Ok(());
     let mut sent = sent.into_iter();
     for job in taken {
+        let events = job.events.len();
         let id = in_flight.add(job);
-        for confirm in sent.by_ref().take(in_flight.events_of(id)) {
+        for confirm in sent.by_ref().take(events) {
             match confirm {
                 Ok(confirm) => in_flight.watch(id, confirm),
                 Err(error) => {

@@ -86,13 +86,6 @@ impl InFlight {
         id
     }
 
-    /// How many events job `id` holds (0 once answered).
-    pub(super) fn events_of(&self, id: u64) -> usize {
-        self.jobs
-            .get(&id)
-            .map_or(0, |pending| pending.job.events.len())
-    }
-
     /// Awaits `confirm`, which belongs to job `id`.
     pub(super) fn watch(&mut self, id: u64, confirm: PublisherConfirm) {
         self.confirms.push(Tagged { id, confirm });
