@@ -190,6 +190,7 @@ async fn publish(
     let Some(deadline) = taken.iter().map(|job| job.deadline).min() else {
         return Ok(());
     };
+    let published = Instant::now();
     let mut publishes = Vec::with_capacity(taken.iter().map(|job| job.events.len()).sum());
     for job in &taken {
         for event in &job.events {
@@ -215,7 +216,7 @@ async fn publish(
     let mut sent = sent.into_iter();
     for job in taken {
         let events = job.events.len();
-        let id = in_flight.add(job);
+        let id = in_flight.add(job, published);
         for confirm in sent.by_ref().take(events) {
             match confirm {
                 Ok(confirm) => in_flight.watch(id, confirm),

@@ -65,8 +65,9 @@ impl InFlight {
         self.jobs.values().map(|pending| pending.job.deadline).min()
     }
 
-    /// Takes `job` in, awaiting one confirm per event; its id, for [`InFlight::watch`].
-    pub(super) fn add(&mut self, job: Job) -> u64 {
+    /// Takes `job`, whose events were first published at `published`, in, awaiting one confirm
+    /// per event; its id, for [`InFlight::watch`].
+    pub(super) fn add(&mut self, job: Job, published: Instant) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.events += job.events.len();
@@ -77,7 +78,7 @@ impl InFlight {
                 job,
                 outstanding,
                 failure: None,
-                published: Instant::now(),
+                published,
             },
         );
         if outstanding == 0 {

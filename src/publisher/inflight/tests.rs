@@ -52,7 +52,7 @@ fn in_flight(jobs: &[&[&str]]) -> (InFlight, Vec<u64>, Vec<Answer>) {
     let (mut ids, mut answers) = (Vec::new(), Vec::new());
     for keys in jobs {
         let (job, answer) = job(keys);
-        ids.push(in_flight.add(job));
+        ids.push(in_flight.add(job, Instant::now()));
         answers.push(answer);
     }
     (in_flight, ids, answers)
@@ -146,7 +146,8 @@ fn only_confirmed_jobs_count_towards_published_events() {
     let (mut a, _a) = job(&["a1", "a2"]);
     a.events[1].kind = "message-failed".into();
     let (b, _b) = job(&["b"]);
-    let (a, b) = (in_flight.add(a), in_flight.add(b));
+    let now = Instant::now();
+    let (a, b) = (in_flight.add(a, now), in_flight.add(b, now));
     let round = vec![
         ack(a, None),
         ack(a, None),
