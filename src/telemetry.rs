@@ -2,7 +2,10 @@
 
 use std::io::IsTerminal;
 
+use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::settings::{LogFormat, LogSettings};
 
@@ -27,13 +30,29 @@ pub fn init(settings: &LogSettings) {
                 .expect("a valid filter directive"),
         );
     }
-    // Colour codes only where a person reads them, never into files and pipes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
     let _ = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => json(filter, std::io::stderr).try_init(),
+        // Colour codes only where a person reads them, never into files and pipes.
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .finish()
+            .try_init(),
     };
+}
+
+/// What `log.format = "json"` writes: one object per line, the event's fields at the top level
+/// beside `timestamp`, `level`, `message` and `target`, and the enclosing spans' fields under
+/// `span` and `spans`. Public so that the benchmark prices the same line.
+pub fn json<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .finish()
 }

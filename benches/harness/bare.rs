@@ -1,6 +1,12 @@
-//! (h): a bare hyper server answering the same requests, publishing nothing.
+//! (h): a bare hyper server answering the same requests, publishing nothing; (w): the same
+//! server also doing the forwarder's own work per request.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bandwidth_forwarder::event::parse_callback;
+use bandwidth_forwarder::routing::RoutingTemplate;
+use tracing_subscriber::EnvFilter;
 
 use crate::cell::Cell;
 use crate::load::post_load;
@@ -9,7 +15,17 @@ use crate::load::post_load;
 /// runtime of its own, that reads each single-event callback and answers as the forwarder does
 /// after `confirm_time` (raw lapin's median at this concurrency) but publishes nothing: what the
 /// HTTP exchange alone costs on this machine at about the rate the broker allows.
-pub async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration) -> Cell {
+///
+/// With `work` (the (w) cell) the server also does what the forwarder must do for each
+/// callback besides HTTP and publishing: parse and validate the body and derive its keys with
+/// the forwarder's own parser, and write the forwarder's JSON access line (to `/dev/null`, where
+/// the harness sends the forwarder's log).
+pub async fn http_floor(
+    concurrency: usize,
+    seconds: u64,
+    confirm_time: Duration,
+    work: bool,
+) -> Cell {
     // The forwarder's accept queue is `http.max_connections` (1024) long; so is this one.
     let listener = tokio::net::TcpSocket::new_v4().expect("socket");
     listener
@@ -19,7 +35,7 @@ pub async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()
         .name("http-floor".into())
-        .spawn(move || bare_server(listener, confirm_time, stopped))
+        .spawn(move || bare_server(listener, confirm_time, work, stopped))
         .expect("server thread");
     let server_task = (0..1000)
         .find_map(|_| {
@@ -36,7 +52,11 @@ pub async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration
     let _ = stop_server.send(());
     server.join().expect("server thread");
     Cell {
-        mode: "(h) HTTP only: bare hyper server, no broker".into(),
+        mode: if work {
+            "(w) HTTP + the forwarder's parse and log line, no broker".into()
+        } else {
+            "(h) HTTP only: bare hyper server, no broker".into()
+        },
         concurrency,
         requests: load.latencies_us.len() as u64,
         events: load.latencies_us.len() as u64,
@@ -55,12 +75,19 @@ pub async fn http_floor(concurrency: usize, seconds: u64, confirm_time: Duration
 pub fn bare_server(
     listener: tokio::net::TcpSocket,
     confirm_time: Duration,
+    work: bool,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::{Bytes, Incoming};
     use hyper::{Request, Response};
 
+    let null = Arc::new(std::fs::File::create("/dev/null").expect("/dev/null"));
+    let _log = work.then(|| {
+        let json = bandwidth_forwarder::telemetry::json(EnvFilter::new("info"), null);
+        tracing::subscriber::set_default(json)
+    });
+    let routing = Arc::new(RoutingTemplate::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,15 +100,22 @@ pub fn bare_server(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let routing = routing.clone();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |request: Request<Incoming>| async move {
-                            request.into_body().collect().await?;
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let routing = routing.clone();
+                        async move {
+                            let started = Instant::now();
+                            let body = request.into_body().collect().await?.to_bytes();
+                            if work {
+                                forwarders_work(&body, &routing, started);
+                            }
                             tokio::time::sleep(confirm_time).await;
                             let answer =
                                 Bytes::from_static(br#"{"status":"published","events":1}"#);
                             Ok::<_, hyper::Error>(Response::new(Full::new(answer)))
-                        });
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
@@ -93,6 +127,21 @@ pub fn bare_server(
             _ = stopped => {}
         }
     });
+}
+
+/// The forwarder's own part of a callback: parse, validate and key it (`http.max_json_depth`'s
+/// default and the default routing template), then its access line, fields as the forwarder's.
+fn forwarders_work(body: &bytes::Bytes, routing: &RoutingTemplate, started: Instant) {
+    let events = parse_callback(body, 32, routing).expect("a valid callback");
+    let request_id = format!("{:016x}", fastrand::u64(..));
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        request_id,
+        status = 200,
+        events = events.len(),
+        latency_ms,
+        "callback accepted"
+    );
 }
 
 /// The id of this process's thread called `name`.

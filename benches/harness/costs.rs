@@ -10,11 +10,12 @@ use crate::stats::spread;
 struct Group<'a> {
     raw: &'a Cell,
     http: &'a Cell,
+    work: &'a Cell,
     forwarder: &'a Cell,
 }
 
 impl<'a> Group<'a> {
-    /// The (a), (h) and (b) cells of `concurrency` in `cells`, when all three were measured.
+    /// The (a), (h), (w) and (b) cells of `concurrency` in `cells`, when all were measured.
     fn of(cells: &'a [Cell], concurrency: usize) -> Option<Self> {
         let find = |prefix: &str| {
             cells
@@ -24,6 +25,7 @@ impl<'a> Group<'a> {
         Some(Self {
             raw: find("(a)")?,
             http: find("(h)")?,
+            work: find("(w)")?,
             forwarder: find("(b)")?,
         })
     }
@@ -38,6 +40,25 @@ impl<'a> Group<'a> {
 
     fn hyper_us(&self) -> f64 {
         self.http.cpu_us_per_event(self.http.cpu_seconds)
+    }
+
+    fn work_us(&self) -> f64 {
+        self.work.cpu_us_per_event(self.work.cpu_seconds)
+    }
+
+    fn parse_and_log_us(&self) -> f64 {
+        self.work_us() - self.hyper_us()
+    }
+
+    /// The overhead of a forwarder that spends nothing beyond lapin, hyper and its own parse
+    /// and log line: the floor the overhead can reach with this work.
+    fn floor(&self) -> f64 {
+        (self.lapin_us() + self.work_us()) / (self.lapin_us() + self.hyper_us())
+    }
+
+    /// What the forwarder spends beyond that floor: hand-off, confirms, spans, metrics.
+    fn beyond_floor(&self) -> f64 {
+        self.forwarder_us() / (self.lapin_us() + self.work_us())
     }
 
     fn broker_raw_us(&self) -> f64 {
@@ -66,8 +87,33 @@ impl<'a> Group<'a> {
     }
 }
 
-/// Prints one row per concurrency that has (a), (h) and (b) cells: each figure as the median
-/// of rounds with its range.
+/// A figure of a group, and its decimals.
+type Figure = (fn(&Group) -> f64, usize);
+
+/// The headline table: the two ratios and what they are made of.
+const COSTS: [Figure; 9] = [
+    (|g| g.forwarder_us(), 1),
+    (|g| g.lapin_us(), 1),
+    (|g| g.hyper_us(), 1),
+    (|g| g.overhead(), 2),
+    (|g| g.broker_raw_us(), 1),
+    (|g| g.broker_forwarder_us(), 1),
+    (|g| g.broker_parity(), 2),
+    (|g| g.p99_ratio(), 2),
+    (|g| g.throughput_ratio(), 2),
+];
+
+/// The overhead's floor: what parsing and the access line add to the bare server.
+const FLOOR: [Figure; 5] = [
+    (|g| g.hyper_us(), 1),
+    (|g| g.work_us(), 1),
+    (|g| g.parse_and_log_us(), 1),
+    (|g| g.floor(), 2),
+    (|g| g.beyond_floor(), 2),
+];
+
+/// Prints one row per concurrency that has all four cells: each figure as the median of rounds
+/// with its range; then what the overhead is made of.
 pub fn print_costs(rounds: &[Vec<Cell>], concurrencies: &[usize]) {
     println!(
         "\nCPU per event, median of {} round(s) (range): forwarder (b) against lapin alone (a) plus \
@@ -77,7 +123,20 @@ pub fn print_costs(rounds: &[Vec<Cell>], concurrencies: &[usize]) {
     println!(
         "| C | forwarder µs/event | (a) lapin µs/publish | (h) hyper µs/request | **overhead** fwd ÷ (a + h) | broker µs/event (a) | broker µs/event (b) | **broker parity** (b) ÷ (a) | p99 (b) ÷ (a) | events/s (b) ÷ (a) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    print_rows(rounds, concurrencies, &COSTS);
+    println!(
+        "\nThe overhead's floor: (w) is (h) that also parses each callback with the forwarder's \
+         parser and writes its JSON access line; floor = (a + w) ÷ (a + h)\n"
+    );
+    println!(
+        "| C | (h) µs/request | (w) µs/request | parse + log line µs | **floor** (a + w) ÷ (a + h) | fwd ÷ (a + w) |"
+    );
+    print_rows(rounds, concurrencies, &FLOOR);
+}
+
+/// The separator and one row per concurrency measured in every cell.
+fn print_rows(rounds: &[Vec<Cell>], concurrencies: &[usize], figures: &[Figure]) {
+    println!("|---{}|", "|---".repeat(figures.len()));
     for &concurrency in concurrencies {
         let groups: Vec<Group> = rounds
             .iter()
@@ -86,20 +145,12 @@ pub fn print_costs(rounds: &[Vec<Cell>], concurrencies: &[usize]) {
         if groups.is_empty() {
             continue;
         }
-        let column = |figure: &dyn Fn(&Group) -> f64, decimals| {
-            spread(&groups.iter().map(figure).collect::<Vec<_>>(), decimals)
-        };
-        println!(
-            "| {concurrency} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            column(&|g| g.forwarder_us(), 1),
-            column(&|g| g.lapin_us(), 1),
-            column(&|g| g.hyper_us(), 1),
-            column(&|g| g.overhead(), 2),
-            column(&|g| g.broker_raw_us(), 1),
-            column(&|g| g.broker_forwarder_us(), 1),
-            column(&|g| g.broker_parity(), 2),
-            column(&|g| g.p99_ratio(), 2),
-            column(&|g| g.throughput_ratio(), 2),
-        );
+        let cells: Vec<String> = figures
+            .iter()
+            .map(|(figure, decimals)| {
+                spread(&groups.iter().map(figure).collect::<Vec<_>>(), *decimals)
+            })
+            .collect();
+        println!("| {concurrency} | {} |", cells.join(" | "));
     }
 }

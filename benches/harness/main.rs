@@ -3,7 +3,9 @@
 //! (b) the forwarder end to end with single-event callbacks, and (c) with 10- and 100-event
 //! callbacks, at each concurrency, and prints a table with the ratios to (a). An (h) cell
 //! measures the HTTP exchange alone (a bare hyper server, no broker), from which the table's
-//! last lines estimate the best any forwarder could reach beside the same broker and clients.
+//! last lines estimate the best any forwarder could reach beside the same broker and clients;
+//! a (w) cell is that server also parsing each callback and writing the forwarder's access line,
+//! the floor of the overhead. The bench runs on the forwarder's allocator (mimalloc).
 //!
 //! `cargo bench --bench harness -- [--seconds N] [--rounds N] [--concurrency 16,64,256]
 //! [--batches 1,10,100] [--pin] [--log-level LEVEL] [--forwarder PATH] [--uri URI]`
@@ -74,6 +76,10 @@ pub struct Args {
     #[arg(long, hide = true)]
     pub bench: bool,
 }
+
+/// The forwarder's allocator, so that (a), (h) and (w) are not charged for a slower one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
@@ -160,7 +166,9 @@ async fn main() {
             );
             eprintln!("round {round}, concurrency {concurrency}: HTTP only");
             let confirm_time = Duration::from_micros(cells[cells.len() - 1].percentile_us(0.5));
-            cells.push(http_floor(concurrency, args.seconds, confirm_time).await);
+            cells.push(http_floor(concurrency, args.seconds, confirm_time, false).await);
+            eprintln!("round {round}, concurrency {concurrency}: HTTP + the forwarder's work");
+            cells.push(http_floor(concurrency, args.seconds, confirm_time, true).await);
             for &batch in &args.batches {
                 eprintln!(
                     "round {round}, concurrency {concurrency}: forwarder, {batch}-event callbacks"

@@ -45,9 +45,9 @@ pub fn print_table(rounds: &[Vec<Cell>], args: &Args) {
                 "-".into()
             }
         };
-        // (h) never touches the broker: its rates are not comparable with (a).
+        // (h) and (w) never touch the broker: their rates are not comparable with (a).
         let ratio = |f: &dyn Fn(&Cell, &Cell) -> f64| {
-            if cell.mode.starts_with("(h)") {
+            if cell.mode.starts_with("(h)") || cell.mode.starts_with("(w)") {
                 "-".to_owned()
             } else {
                 format!("{:.2}", of(f))
