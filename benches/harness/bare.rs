@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bandwidth_forwarder::event::parse_callback;
 use bandwidth_forwarder::routing::RoutingTemplate;
+use bandwidth_forwarder::settings::HttpSettings;
 use tracing_subscriber::EnvFilter;
 
 use crate::cell::Cell;
@@ -88,6 +89,7 @@ pub fn bare_server(
         tracing::subscriber::set_default(json)
     });
     let routing = Arc::new(RoutingTemplate::default());
+    let max_depth = HttpSettings::default().max_json_depth;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -108,7 +110,7 @@ pub fn bare_server(
                             let started = Instant::now();
                             let body = request.into_body().collect().await?.to_bytes();
                             if work {
-                                forwarders_work(&body, &routing, started);
+                                forwarders_work(&body, max_depth, &routing, started);
                             }
                             tokio::time::sleep(confirm_time).await;
                             let answer =
@@ -129,11 +131,16 @@ pub fn bare_server(
     });
 }
 
-/// The forwarder's own part of a callback: parse, validate and key it (`http.max_json_depth`'s
-/// default and the default routing template), then its access line, fields as the forwarder's.
-fn forwarders_work(body: &bytes::Bytes, routing: &RoutingTemplate, started: Instant) {
-    let events = parse_callback(body, 32, routing).expect("a valid callback");
-    let request_id = format!("{:016x}", fastrand::u64(..));
+/// The forwarder's own part of a callback: parse, validate and key it (with the defaults of
+/// `http.max_json_depth` and `amqp.routing_key`), then its access line, fields as the forwarder's.
+fn forwarders_work(
+    body: &bytes::Bytes,
+    max_depth: usize,
+    routing: &RoutingTemplate,
+    started: Instant,
+) {
+    let events = parse_callback(body, max_depth, routing).expect("a valid callback");
+    let request_id = bandwidth_forwarder::http::new_request_id();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(
         request_id,
