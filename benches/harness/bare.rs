@@ -83,13 +83,13 @@ pub fn bare_server(
     use hyper::body::{Bytes, Incoming};
     use hyper::{Request, Response};
 
-    let null = Arc::new(std::fs::File::create("/dev/null").expect("/dev/null"));
+    // Only (w) logs, parses and shares the parser's settings: (h) stays the bare exchange.
     let _log = work.then(|| {
+        let null = Arc::new(std::fs::File::create("/dev/null").expect("/dev/null"));
         let json = bandwidth_forwarder::telemetry::json(EnvFilter::new("info"), null);
         tracing::subscriber::set_default(json)
     });
-    let routing = Arc::new(RoutingTemplate::default());
-    let max_depth = HttpSettings::default().max_json_depth;
+    let work = work.then(|| Arc::new(ForwardersWork::default()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,15 +102,15 @@ pub fn bare_server(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let routing = routing.clone();
+                let work = work.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let routing = routing.clone();
+                        let work = work.clone();
                         async move {
                             let started = Instant::now();
                             let body = request.into_body().collect().await?.to_bytes();
-                            if work {
-                                forwarders_work(&body, max_depth, &routing, started);
+                            if let Some(work) = work {
+                                work.on(&body, started);
                             }
                             tokio::time::sleep(confirm_time).await;
                             let answer =
@@ -131,24 +131,36 @@ pub fn bare_server(
     });
 }
 
-/// The forwarder's own part of a callback: parse, validate and key it (with the defaults of
-/// `http.max_json_depth` and `amqp.routing_key`), then its access line, fields as the forwarder's.
-fn forwarders_work(
-    body: &bytes::Bytes,
+/// The forwarder's own part of a callback, with the defaults of `http.max_json_depth` and
+/// `amqp.routing_key`.
+struct ForwardersWork {
     max_depth: usize,
-    routing: &RoutingTemplate,
-    started: Instant,
-) {
-    let events = parse_callback(body, max_depth, routing).expect("a valid callback");
-    let request_id = bandwidth_forwarder::http::new_request_id();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(
-        request_id,
-        status = 200,
-        events = events.len(),
-        latency_ms,
-        "callback accepted"
-    );
+    routing: RoutingTemplate,
+}
+
+impl Default for ForwardersWork {
+    fn default() -> Self {
+        Self {
+            max_depth: HttpSettings::default().max_json_depth,
+            routing: RoutingTemplate::default(),
+        }
+    }
+}
+
+impl ForwardersWork {
+    /// Parses, validates and keys `body`, then writes its access line, fields as the forwarder's.
+    fn on(&self, body: &bytes::Bytes, started: Instant) {
+        let events = parse_callback(body, self.max_depth, &self.routing).expect("a valid callback");
+        let request_id = bandwidth_forwarder::http::new_request_id();
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            request_id,
+            status = 200,
+            events = events.len(),
+            latency_ms,
+            "callback accepted"
+        );
+    }
 }
 
 /// The id of this process's thread called `name`.
