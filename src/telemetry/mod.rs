@@ -9,6 +9,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::settings::{LogFormat, LogSettings};
 
+mod json_line;
+
+pub use json_line::JsonLine;
+
 /// lapin logs every message the broker returns, body and headers included, at `warn`. The
 /// forwarder answers such a callback 503 and logs that line itself, without the event's text, so
 /// lapin's stays off unless a filter names lapin.
@@ -53,6 +57,6 @@ where
         .with_env_filter(filter)
         .with_writer(writer)
         .json()
-        .flatten_event(true)
+        .event_format(JsonLine)
         .finish()
 }

@@ -1,0 +1,304 @@
+//! The line `log.format = "json"` writes: the object tracing-subscriber's JSON formatter makes,
+//! key for key, serialized straight into one byte buffer.
+//!
+//! tracing-subscriber serializes through an adaptor that checks every fragment serde_json
+//! writes for UTF-8 and formats the timestamp with eight `write!` calls; for the access line
+//! that is two thirds of its cost. This writes the same bytes at a third of it (BENCHMARKS.md).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer as _};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_serde::SerdeMapVisitor;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+/// Seconds from the epoch to the first second humantime cannot format (year 10000).
+const HUMANTIME_END: u64 = 253_402_300_800;
+
+/// One object per event: `timestamp`, `level`, the event's fields in their order (`message`
+/// among them), `target`, and inside a span `span` (the innermost) and `spans` (root first).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLine;
+
+impl<S> FormatEvent<S, JsonFields> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        thread_local! {
+            static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        LINE.with(|line| {
+            // An event logged while this thread formats another (from a field's `Debug`)
+            // gets a buffer of its own.
+            let mut spare = Vec::new();
+            let mut borrowed = line.try_borrow_mut();
+            let line = match borrowed.as_deref_mut() {
+                Ok(line) => line,
+                Err(_) => &mut spare,
+            };
+            line.clear();
+            serialize(ctx, event, line).map_err(|_| fmt::Error)?;
+            line.push(b'\n');
+            writer.write_str(std::str::from_utf8(line).map_err(|_| fmt::Error)?)
+        })
+    }
+}
+
+fn serialize<S>(
+    ctx: &FmtContext<'_, S, JsonFields>,
+    event: &Event<'_>,
+    line: &mut Vec<u8>,
+) -> serde_json::Result<()>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    // A record from the `log` crate names its own target, not "log".
+    let normalized = event.normalized_metadata();
+    let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+    let mut serializer = serde_json::Serializer::new(line);
+    let mut map = serializer.serialize_map(None)?;
+    map.serialize_entry("timestamp", &Timestamp(SystemTime::now()))?;
+    map.serialize_entry("level", meta.level().as_str())?;
+    let mut fields = SerdeMapVisitor::new(map);
+    event.record(&mut fields);
+    let mut map = fields.take_serializer()?;
+    map.serialize_entry("target", meta.target())?;
+    let current = event
+        .parent()
+        .and_then(|id| ctx.span(id))
+        .or_else(|| ctx.lookup_current());
+    if let Some(span) = &current {
+        map.serialize_entry("span", &SpanObject(span))?;
+        map.serialize_entry("spans", &Scope(ctx))?;
+    }
+    SerializeMap::end(map)
+}
+
+/// A wall-clock time as RFC 3339 with microseconds, e.g. `2026-03-10T14:07:45.120345Z`.
+struct Timestamp(SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.duration_since(UNIX_EPOCH) {
+            Ok(since) if since.as_secs() < HUMANTIME_END => {
+                serializer.collect_str(&humantime::format_rfc3339_micros(self.0))
+            }
+            // humantime panics on a clock set before 1970 and fails past 9999;
+            // tracing-subscriber's formatter writes any time (it reads the clock itself).
+            _ => {
+                let mut text = String::new();
+                let _ = tracing_subscriber::fmt::time::SystemTime
+                    .format_time(&mut Writer::new(&mut text));
+                serializer.serialize_str(&text)
+            }
+        }
+    }
+}
+
+/// A span's fields (as `JsonFields` recorded them) and its `name`.
+struct SpanObject<'a, 'r, R: LookupSpan<'r>>(&'a SpanRef<'r, R>);
+
+impl<'r, R: LookupSpan<'r>> Serialize for SpanObject<'_, 'r, R> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        let extensions = self.0.extensions();
+        let recorded = extensions
+            .get::<FormattedFields<JsonFields>>()
+            .map_or("{}", |fields| fields.fields.as_str());
+        // `JsonFields` keeps a span's fields as the text of one object.
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(recorded) {
+            Ok(fields) => {
+                for (name, value) in &fields {
+                    map.serialize_entry(name, value)?;
+                }
+            }
+            Err(error) => map.serialize_entry("field_error", &error.to_string())?,
+        }
+        map.serialize_entry("name", self.0.metadata().name())?;
+        map.end()
+    }
+}
+
+/// Every span the current one sits in, root first.
+struct Scope<'a, 'c, S, N>(&'a FmtContext<'c, S, N>);
+
+impl<S> Serialize for Scope<'_, '_, S, JsonFields>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn serialize<T: serde::Serializer>(&self, serializer: T) -> Result<T::Ok, T::Error> {
+        let mut spans = serializer.serialize_seq(None)?;
+        if let Some(leaf) = self.0.lookup_current() {
+            for span in leaf.scope().from_root() {
+                spans.serialize_element(&SpanObject(&span))?;
+            }
+        }
+        spans.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tracing::{Level, field, info, info_span, warn};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Everything a subscriber writes, kept in memory.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl Written {
+        fn lines(&self) -> Vec<String> {
+            let bytes = self.0.lock().expect("not poisoned");
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(String::from)
+                .collect()
+        }
+    }
+
+    impl io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl MakeWriter<'_> for Written {
+        type Writer = Written;
+
+        fn make_writer(&self) -> Written {
+            self.clone()
+        }
+    }
+
+    /// Events of every shape the forwarder logs, and some it does not.
+    fn log_everything() {
+        info!(
+            request_id = "4f1c",
+            status = 200,
+            events = 3usize,
+            latency_ms = 1.25,
+            "callback accepted"
+        );
+        let callback = info_span!("callback", request_id = "req \"quoted\"");
+        let _callback = callback.enter();
+        let batch = info_span!("batch", worker = 3, size = field::Empty);
+        batch.record("size", 2);
+        let _batch = batch.enter();
+        warn!(
+            error = %"channel_closed",
+            detail = ?Some("broker said \"no\""),
+            retried = true,
+            offset = -4i64,
+            largest = u64::MAX,
+            ratio = f64::NAN,
+            "channel failed\nwith \u{1b}[31m colour and ünïcode"
+        );
+        tracing::event!(parent: &callback, Level::ERROR, "explicit parent");
+        tracing::event!(parent: None, Level::DEBUG, "no parent");
+        tracing_log::format_trace(
+            &tracing_log::log::Record::builder()
+                .args(format_args!("from the log crate"))
+                .level(tracing_log::log::Level::Warn)
+                .target("rustls_connector")
+                .module_path_static(Some("rustls_connector"))
+                .build(),
+        )
+        .expect("a log record becomes an event");
+    }
+
+    /// What `log_everything` makes the subscriber that `build` configures write.
+    fn lines_logged_by<S>(build: impl FnOnce(Written) -> S) -> Vec<String>
+    where
+        S: Subscriber + Send + Sync + 'static,
+    {
+        let written = Written::default();
+        tracing::subscriber::with_default(build(written.clone()), log_everything);
+        written.lines()
+    }
+
+    /// The timestamp, which differs between two runs, cut out of a line.
+    fn split_timestamp(line: &str) -> (String, String) {
+        let rest = line
+            .strip_prefix(r#"{"timestamp":""#)
+            .unwrap_or_else(|| panic!("no leading timestamp: {line}"));
+        let end = rest.find('"').expect("a closed timestamp");
+        (rest[..end].to_owned(), rest[end..].to_owned())
+    }
+
+    #[test]
+    fn writes_the_lines_tracing_subscribers_json_formatter_writes() {
+        let builder = || tracing_subscriber::fmt().with_max_level(Level::TRACE);
+        let ours = lines_logged_by(|to| {
+            let json = builder().with_writer(to).json();
+            json.event_format(JsonLine).finish()
+        });
+        let theirs = lines_logged_by(|to| {
+            let json = builder().with_writer(to).json();
+            json.flatten_event(true).finish()
+        });
+        assert_eq!(ours.len(), 5, "{ours:#?}");
+        assert_eq!(ours.len(), theirs.len(), "{ours:#?}\n{theirs:#?}");
+        for (our, their) in ours.iter().zip(&theirs) {
+            let (our_time, our_rest) = split_timestamp(our);
+            let (their_time, their_rest) = split_timestamp(their);
+            assert_eq!(our_rest, their_rest);
+            assert_eq!(our_time.len(), their_time.len(), "{our_time} {their_time}");
+            let written = humantime::parse_rfc3339(&our_time).expect("RFC 3339");
+            let age = SystemTime::now()
+                .duration_since(written)
+                .expect("not ahead");
+            assert!(age < Duration::from_secs(60), "{our_time}");
+        }
+        // What the comparison covers: spans with quoted and late-recorded fields, and a record
+        // from the `log` crate under its own target.
+        let spans = r#""spans":[{"request_id":"req \"quoted\"","name":"callback"},{"size":2,"worker":3,"name":"batch"}]"#;
+        assert!(ours[1].ends_with(&format!("{spans}}}")), "{}", ours[1]);
+        assert!(
+            ours[4].contains(r#""target":"rustls_connector""#),
+            "{}",
+            ours[4]
+        );
+    }
+
+    #[test]
+    fn a_clock_humantime_cannot_format_still_gets_a_timestamp() {
+        for time in [
+            UNIX_EPOCH - Duration::from_secs(1),
+            UNIX_EPOCH + Duration::from_secs(HUMANTIME_END),
+        ] {
+            let text = serde_json::to_string(&Timestamp(time)).expect("serializes");
+            assert_eq!(
+                text.len(),
+                r#""2026-03-10T14:07:45.120345Z""#.len(),
+                "{text}"
+            );
+        }
+    }
+}
