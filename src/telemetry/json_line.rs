@@ -14,10 +14,12 @@ use serde::ser::{SerializeMap, SerializeSeq, Serializer as _};
 use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_serde::SerdeMapVisitor;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use super::SpanFields;
 
 /// Seconds from the epoch to the first second humantime cannot format (year 10000).
 const HUMANTIME_END: u64 = 253_402_300_800;
@@ -27,13 +29,13 @@ const HUMANTIME_END: u64 = 253_402_300_800;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonLine;
 
-impl<S> FormatEvent<S, JsonFields> for JsonLine
+impl<S> FormatEvent<S, SpanFields> for JsonLine
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, JsonFields>,
+        ctx: &FmtContext<'_, S, SpanFields>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -58,7 +60,7 @@ where
 }
 
 fn serialize<S>(
-    ctx: &FmtContext<'_, S, JsonFields>,
+    ctx: &FmtContext<'_, S, SpanFields>,
     event: &Event<'_>,
     line: &mut Vec<u8>,
 ) -> serde_json::Result<()>
@@ -108,7 +110,7 @@ impl Serialize for Timestamp {
     }
 }
 
-/// A span's fields (as `JsonFields` recorded them) and its `name`.
+/// A span's fields (as `SpanFields` recorded them) and its `name`.
 struct SpanObject<'a, 'r, R: LookupSpan<'r>>(&'a SpanRef<'r, R>);
 
 impl<'r, R: LookupSpan<'r>> Serialize for SpanObject<'_, 'r, R> {
@@ -116,9 +118,8 @@ impl<'r, R: LookupSpan<'r>> Serialize for SpanObject<'_, 'r, R> {
         let mut map = serializer.serialize_map(None)?;
         let extensions = self.0.extensions();
         let recorded = extensions
-            .get::<FormattedFields<JsonFields>>()
+            .get::<FormattedFields<SpanFields>>()
             .map_or("{}", |fields| fields.fields.as_str());
-        // `JsonFields` keeps a span's fields as the text of one object.
         match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(recorded) {
             Ok(fields) => {
                 for (name, value) in &fields {
@@ -135,7 +136,7 @@ impl<'r, R: LookupSpan<'r>> Serialize for SpanObject<'_, 'r, R> {
 /// Every span the current one sits in, root first.
 struct Scope<'a, 'c, S, N>(&'a FmtContext<'c, S, N>);
 
-impl<S> Serialize for Scope<'_, '_, S, JsonFields>
+impl<S> Serialize for Scope<'_, '_, S, SpanFields>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -157,6 +158,7 @@ mod tests {
     use std::time::Duration;
 
     use tracing::{Level, field, info, info_span, warn};
+    use tracing_subscriber::EnvFilter;
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
@@ -208,8 +210,20 @@ mod tests {
         );
         let callback = info_span!("callback", request_id = "req \"quoted\"");
         let _callback = callback.enter();
-        let batch = info_span!("batch", worker = 3, size = field::Empty);
+        let batch = info_span!(
+            "batch",
+            worker = 3,
+            size = field::Empty,
+            r#type = ?"raw",
+            "r#named" = ?1,
+            "log.line" = ?7,
+            bytes = &b"ab"[..],
+            ok = true,
+            share = 0.5,
+            offset = -1i64,
+        );
         batch.record("size", 2);
+        batch.record("worker", 4);
         let _batch = batch.enter();
         warn!(
             error = %"channel_closed",
@@ -254,14 +268,12 @@ mod tests {
 
     #[test]
     fn writes_the_lines_tracing_subscribers_json_formatter_writes() {
-        let builder = || tracing_subscriber::fmt().with_max_level(Level::TRACE);
-        let ours = lines_logged_by(|to| {
-            let json = builder().with_writer(to).json();
-            json.event_format(JsonLine).finish()
-        });
+        let ours = lines_logged_by(|to| crate::telemetry::json(EnvFilter::new("trace"), to));
         let theirs = lines_logged_by(|to| {
-            let json = builder().with_writer(to).json();
-            json.flatten_event(true).finish()
+            let json = tracing_subscriber::fmt()
+                .with_max_level(Level::TRACE)
+                .with_writer(to);
+            json.json().flatten_event(true).finish()
         });
         assert_eq!(ours.len(), 5, "{ours:#?}");
         assert_eq!(ours.len(), theirs.len(), "{ours:#?}\n{theirs:#?}");
@@ -276,9 +288,11 @@ mod tests {
                 .expect("not ahead");
             assert!(age < Duration::from_secs(60), "{our_time}");
         }
-        // What the comparison covers: spans with quoted and late-recorded fields, and a record
-        // from the `log` crate under its own target.
-        let spans = r#""spans":[{"request_id":"req \"quoted\"","name":"callback"},{"size":2,"worker":3,"name":"batch"}]"#;
+        // What the comparison covers: spans with escaped, raw-named, late and re-recorded fields
+        // of every kind, and a record from the `log` crate under its own target.
+        let batch = r#"{"bytes":[97,98],"named":"1","offset":-1,"ok":true,"share":0.5,"size":2,"type":"\"raw\"","worker":4,"name":"batch"}"#;
+        let spans =
+            format!(r#""spans":[{{"request_id":"req \"quoted\"","name":"callback"}},{batch}]"#);
         assert!(ours[1].ends_with(&format!("{spans}}}")), "{}", ours[1]);
         assert!(
             ours[4].contains(r#""target":"rustls_connector""#),
