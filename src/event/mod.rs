@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 
 mod keys;
 mod message_id;
+mod one_pass;
 mod scan;
 
 pub use keys::{dedup_key_for_message, routing_key, sha256_hex};
@@ -105,6 +106,15 @@ pub fn parse_callback(
     if nesting_exceeds(body, max_depth) {
         return Err(InvalidCallback::TooDeep(max_depth));
     }
+    match one_pass::events(body, routing) {
+        Some(events) => Ok(events),
+        None => in_two_passes(body, routing),
+    }
+}
+
+/// The body split into its events first, then read event by event: slower than one pass, and
+/// the reading that names what is wrong.
+fn in_two_passes(body: &Bytes, routing: &RoutingTemplate) -> Result<Vec<Event>, InvalidCallback> {
     let raws: Vec<&RawValue> = match first_byte(body) {
         Some(b'[') => {
             serde_json::from_slice(body).map_err(|e| InvalidCallback::NotJson(e.to_string()))?
@@ -145,6 +155,17 @@ fn parse_event(
             index,
             reason: e.to_string(),
         })?;
+    event_from(body, index, text, fields, routing)
+}
+
+/// The event whose text `text` (a slice of `body`) holds `fields`.
+fn event_from(
+    body: &Bytes,
+    index: usize,
+    text: &str,
+    fields: EventFields,
+    routing: &RoutingTemplate,
+) -> Result<Event, InvalidCallback> {
     let kind = fields
         .kind
         .and_then(as_string)

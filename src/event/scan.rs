@@ -48,7 +48,14 @@ pub fn with_string_flags(json: &[u8]) -> impl Iterator<Item = (u8, bool)> + '_ {
 
 /// The first byte that is not JSON whitespace.
 pub(super) fn first_byte(body: &[u8]) -> Option<u8> {
+    body.get(skip_whitespace(body, 0)).copied()
+}
+
+/// The position of the first byte at or after `from` that is not JSON whitespace (the length
+/// when there is none).
+pub(super) fn skip_whitespace(body: &[u8], from: usize) -> usize {
     body.iter()
-        .copied()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .skip(from)
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .map_or(body.len().max(from), |offset| from + offset)
 }
