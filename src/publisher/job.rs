@@ -69,16 +69,26 @@ pub struct Received {
     pub request_id: String,
 }
 
+/// Seconds from the epoch to the first second RFC 3339 formatting cannot write (year 10000).
+const RFC3339_END: u64 = 253_402_300_800;
+
 impl Received {
     /// Now, for the request `request_id`.
     pub fn now(request_id: &str) -> Self {
-        let now = SystemTime::now();
+        Self::at(SystemTime::now(), request_id)
+    }
+
+    /// At `time`. A clock set before 1970 or past 9999 is written as the epoch: humantime
+    /// panics on the one and cannot write the other, and a wrong clock must not fail a callback.
+    fn at(time: SystemTime, request_id: &str) -> Self {
+        let since_epoch = time
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .filter(|since| since.as_secs() < RFC3339_END)
+            .unwrap_or_default();
         Self {
-            unix_secs: now
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            rfc3339: humantime::format_rfc3339_millis(now).to_string(),
+            unix_secs: since_epoch.as_secs(),
+            rfc3339: humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string(),
             request_id: request_id.to_owned(),
         }
     }
@@ -92,4 +102,31 @@ pub(super) struct Job {
     /// The request's span (`callback`, with its id): what a worker logs about it runs in it.
     pub(super) span: tracing::Span,
     pub(super) reply: oneshot::Sender<Result<(), PublishError>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn received_carries_the_time_in_both_forms() {
+        let received = Received::at(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123), "r-1");
+        assert_eq!(received.unix_secs, 1_700_000_000);
+        assert_eq!(received.rfc3339, "2023-11-14T22:13:20.123Z");
+        assert_eq!(received.request_id, "r-1");
+    }
+
+    #[test]
+    fn a_clock_outside_what_rfc_3339_can_write_reads_as_the_epoch() {
+        for time in [
+            UNIX_EPOCH - Duration::from_secs(1),
+            UNIX_EPOCH + Duration::from_secs(RFC3339_END),
+        ] {
+            let received = Received::at(time, "r-2");
+            assert_eq!(received.unix_secs, 0);
+            assert_eq!(received.rfc3339, "1970-01-01T00:00:00.000Z");
+        }
+    }
 }
