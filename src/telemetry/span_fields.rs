@@ -51,7 +51,8 @@ impl<'writer> FormatFields<'writer> for SpanFields {
 
 /// The fields as the text of one JSON object.
 fn object_of<R: RecordFields>(fields: R) -> Result<String, fmt::Error> {
-    let mut object = Vec::new();
+    // Room for a request id and its name, so that one allocation usually does.
+    let mut object = Vec::with_capacity(64);
     let mut serializer = serde_json::Serializer::new(&mut object);
     let mut visitor = Entries {
         map: serializer.serialize_map(None).map_err(|_| fmt::Error)?,
