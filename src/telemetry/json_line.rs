@@ -2,8 +2,9 @@
 //! key for key, serialized straight into one byte buffer.
 //!
 //! tracing-subscriber serializes through an adaptor that checks every fragment serde_json
-//! writes for UTF-8 and formats the timestamp with eight `write!` calls; for the access line
-//! that is two thirds of its cost. This writes the same bytes at a third of it (BENCHMARKS.md).
+//! writes for UTF-8, and formats the timestamp field by field into a `String` of its own; for
+//! the access line that is two thirds of its cost. This writes the same bytes at a third of it
+//! (BENCHMARKS.md).
 
 use std::cell::RefCell;
 use std::fmt;
