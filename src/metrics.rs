@@ -1,5 +1,6 @@
 //! Prometheus metrics: what an operator needs to see the forwarder keep its promise.
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
@@ -33,13 +34,22 @@ fn latency_histogram() -> Histogram {
 /// The `outcome` label of an accepted callback; a refused one is labelled by its error word.
 pub const PUBLISHED: &str = "published";
 
-/// The label for an event type: itself if Bandwidth documents it, else `other`.
-pub fn type_label(kind: &str) -> &'static str {
-    KNOWN_TYPES
-        .iter()
-        .find(|known| **known == kind)
-        .copied()
-        .unwrap_or(OTHER_TYPE)
+/// An event type's label, itself if Bandwidth documents it, else `other`, and where that series
+/// stands: the type's place in [`KNOWN_TYPES`], or just past them for `other`.
+fn type_label(kind: &str) -> (usize, &'static str) {
+    match KNOWN_TYPES.iter().position(|known| *known == kind) {
+        Some(index) => (index, KNOWN_TYPES[index]),
+        None => (KNOWN_TYPES.len(), OTHER_TYPE),
+    }
+}
+
+/// The series every accepted callback moves, each looked up in its family once, when first
+/// used (a family hashes the labels on every lookup); a series still appears only once used.
+#[derive(Default)]
+struct Hot {
+    ok: OnceLock<Counter>,
+    published_duration: OnceLock<Histogram>,
+    published_by_type: [OnceLock<Counter>; KNOWN_TYPES.len() + 1],
 }
 
 /// Every metric the service exposes, registered once at start.
@@ -49,6 +59,7 @@ pub struct Metrics {
     events_published: Family<TypeLabel, Counter>,
     publish_failures: Family<ReasonLabel, Counter>,
     request_duration: OutcomeHistograms,
+    hot: Hot,
     /// Seconds from the first publish of a request to its last confirm.
     pub confirm_latency: Histogram,
     /// 1 while a broker connection with declared topology is up.
@@ -159,6 +170,7 @@ impl Metrics {
             events_published,
             publish_failures,
             request_duration,
+            hot: Hot::default(),
             confirm_latency,
             broker_connected,
             broker_blocked,
@@ -177,21 +189,40 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn request(&self, status: u16) {
-        self.requests.get_or_create(&[("status", status)]).inc();
+        let series = || self.requests.get_or_create(&[("status", status)]).clone();
+        match status {
+            200 => self.hot.ok.get_or_init(series).inc(),
+            _ => series().inc(),
+        };
     }
 
     /// Counts events confirmed for one event type.
     pub fn published(&self, kind: &str, count: u64) {
-        self.events_published
-            .get_or_create(&[("type", type_label(kind))])
+        let (index, label) = type_label(kind);
+        self.hot.published_by_type[index]
+            .get_or_init(|| {
+                self.events_published
+                    .get_or_create(&[("type", label)])
+                    .clone()
+            })
             .inc_by(count);
     }
 
     /// Records how long a callback took to answer, by `outcome` ([`PUBLISHED`] or the error word).
     pub fn callback_answered(&self, outcome: &'static str, seconds: f64) {
-        self.request_duration
-            .get_or_create(&[("outcome", outcome)])
-            .observe(seconds);
+        let series = || {
+            self.request_duration
+                .get_or_create(&[("outcome", outcome)])
+                .clone()
+        };
+        match outcome {
+            PUBLISHED => self
+                .hot
+                .published_duration
+                .get_or_init(series)
+                .observe(seconds),
+            _ => series().observe(seconds),
+        }
     }
 
     /// Counts a request that failed to publish.
@@ -238,6 +269,39 @@ mod tests {
             "bandwidth_forwarder_publish_confirm_seconds_bucket",
             "bandwidth_forwarder_broker_connected 0",
             "bandwidth_forwarder_inflight_requests 0",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_series_every_callback_moves_count_once_used_and_not_before() {
+        let m = Metrics::new();
+        let before = m.render();
+        for needle in [
+            "status=\"200\"",
+            "outcome=\"published\"",
+            "type=\"message-sent\"",
+        ] {
+            assert!(
+                !before.contains(needle),
+                "`{needle}` before any use:\n{before}"
+            );
+        }
+        for _ in 0..3 {
+            m.request(200);
+            m.published("message-sent", 2);
+            m.callback_answered(PUBLISHED, 0.001);
+        }
+        m.request(400);
+        m.callback_answered("invalid_json", 0.001);
+        let text = m.render();
+        for needle in [
+            "bandwidth_forwarder_http_requests_total{status=\"200\"} 3",
+            "bandwidth_forwarder_http_requests_total{status=\"400\"} 1",
+            "bandwidth_forwarder_events_published_total{type=\"message-sent\"} 6",
+            "bandwidth_forwarder_http_request_duration_seconds_count{outcome=\"published\"} 3",
+            "bandwidth_forwarder_http_request_duration_seconds_count{outcome=\"invalid_json\"} 1",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in\n{text}");
         }
