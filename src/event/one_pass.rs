@@ -111,6 +111,8 @@ mod tests {
             r#"{"type":"a"},"#,
             r#"{"type":"a"}{"type":"b"}"#,
             r#"[{"type":"a"},3]"#,
+            // serde reads a struct from an array too: only an object is an event.
+            r#"[["message-sent",{"id":"m"},"+1555","t"]]"#,
             r#"[{"type":"a","type":"b"}]"#,
             r#"[{"type":"a",}]"#,
             r#""x""#,
