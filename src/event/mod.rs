@@ -186,14 +186,37 @@ fn event_from(
     })
 }
 
-/// A JSON string value, unescaped; `None` for any other JSON type.
+/// A JSON string value, unescaped; `None` for any other JSON type. The parser has checked the
+/// token, so a string without a backslash is its text between the quotes.
 fn as_string(raw: &RawValue) -> Option<String> {
-    serde_json::from_str(raw.get()).ok()
+    let text = raw.get();
+    let quoted = text.strip_prefix('"')?.strip_suffix('"')?;
+    if quoted.contains('\\') {
+        serde_json::from_str(text).ok()
+    } else {
+        Some(quoted.to_owned())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_strings_are_read_as_strings_with_escapes_resolved() {
+        let read = |json: &str| {
+            let raw: &RawValue = serde_json::from_str(json).expect("a JSON value");
+            as_string(raw)
+        };
+        assert_eq!(read(r#""message-sent""#).as_deref(), Some("message-sent"));
+        assert_eq!(read(r#""""#).as_deref(), Some(""));
+        assert_eq!(read(r#""a\"b\\c\u0041""#).as_deref(), Some(r#"a"b\cA"#));
+        assert_eq!(read(r#""\"""#).as_deref(), Some("\""));
+        assert_eq!(read("\"é ✓\"").as_deref(), Some("é ✓"));
+        for other in ["7", "null", "true", r#"["a"]"#, r#"{"a":"b"}"#] {
+            assert_eq!(read(other), None, "{other}");
+        }
+    }
 
     fn parse(body: &str) -> Result<Vec<Event>, InvalidCallback> {
         parse_callback(

@@ -109,9 +109,12 @@ fn request_id(request: &Request<Incoming>) -> String {
         .unwrap_or_else(new_request_id)
 }
 
-/// A random id for a request that brought none.
+/// A random id for a request that brought none: 16 lowercase hex digits.
 pub fn new_request_id() -> String {
-    format!("{:016x}", fastrand::u64(..))
+    let mut digits = [0u8; 16];
+    hex::encode_to_slice(fastrand::u64(..).to_be_bytes(), &mut digits)
+        .expect("8 bytes are 16 hex digits");
+    String::from_utf8(digits.to_vec()).expect("hex digits are ASCII")
 }
 
 /// The callback: authenticate, read, validate the whole batch, publish, answer.
@@ -268,6 +271,13 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
+    // What nearly every caller sends (Bandwidth the second), without splitting it.
+    if ["application/json", "application/json; charset=utf-8"]
+        .iter()
+        .any(|common| value.eq_ignore_ascii_case(common))
+    {
+        return true;
+    }
     let mut parts = value.split(';');
     let media_type = parts.next().unwrap_or_default().trim();
     if !media_type.eq_ignore_ascii_case("application/json") {
@@ -288,6 +298,20 @@ mod tests {
 
     fn ct(value: &str) -> bool {
         is_json(Some(&HeaderValue::from_str(value).expect("header")))
+    }
+
+    #[test]
+    fn new_request_ids_are_16_hex_digits_and_differ() {
+        let (one, two) = (new_request_id(), new_request_id());
+        for id in [&one, &two] {
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+            assert!(is_safe_request_id(id));
+        }
+        assert_ne!(one, two);
     }
 
     #[test]
@@ -318,7 +342,10 @@ mod tests {
     fn content_type_must_be_json() {
         assert!(ct("application/json"));
         assert!(ct("application/json; charset=utf-8"));
+        assert!(ct("APPLICATION/JSON; CHARSET=UTF-8"));
+        assert!(ct("application/json;charset=utf-8"));
         assert!(ct("Application/JSON;charset=\"UTF-8\""));
+        assert!(!ct("application/json; charset=utf-16"));
         assert!(!ct("application/json; charset=latin1"));
         assert!(!ct("text/plain"));
         assert!(!ct("application/x-www-form-urlencoded"));

@@ -1,5 +1,6 @@
 //! What a request hands the confirm channels, and what it gets back.
 
+use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
@@ -86,9 +87,13 @@ impl Received {
             .ok()
             .filter(|since| since.as_secs() < RFC3339_END)
             .unwrap_or_default();
+        // `2023-11-14T22:13:20.123Z`, written into a string of its final size.
+        let mut rfc3339 = String::with_capacity(24);
+        let formatted = humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch);
+        write!(rfc3339, "{formatted}").expect("writing to a String cannot fail");
         Self {
             unix_secs: since_epoch.as_secs(),
-            rfc3339: humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string(),
+            rfc3339,
             request_id: request_id.to_owned(),
         }
     }

@@ -25,6 +25,9 @@ use crate::settings::AmqpSettings;
 const CHANNEL_RETRY: Duration = Duration::from_millis(200);
 /// Longest wait for a channel to open and enter confirm mode.
 const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room for the jobs, or confirms, a worker usually takes at once, so that the list is not
+/// grown as it fills.
+const TAKEN_CAPACITY: usize = 16;
 /// Longest wait for a broken channel to close before it is dropped.
 const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -123,7 +126,8 @@ async fn serve_channel(
             }
             Some(first) = in_flight.confirms.next() => {
                 // Everything resolved by now is read together (see `inflight/mod.rs`).
-                let mut resolved = vec![first];
+                let mut resolved = Vec::with_capacity(TAKEN_CAPACITY);
+                resolved.push(first);
                 while let Some(Some(next)) = in_flight.confirms.next().now_or_never() {
                     resolved.push(next);
                 }
@@ -158,8 +162,9 @@ async fn serve_channel(
 /// `first` and the jobs waiting behind it, up to `room` events (at least `first`); a job past
 /// its deadline, or whose requester is gone, is answered at once and not published.
 fn take_waiting(first: Job, jobs: &async_channel::Receiver<Job>, room: usize) -> Vec<Job> {
-    let mut taken = vec![first];
-    let mut events = taken[0].events.len();
+    let mut taken = Vec::with_capacity(TAKEN_CAPACITY);
+    let mut events = first.events.len();
+    taken.push(first);
     while events < room {
         match jobs.try_recv() {
             Ok(job) => {
@@ -170,13 +175,10 @@ fn take_waiting(first: Job, jobs: &async_channel::Receiver<Job>, room: usize) ->
         }
     }
     let now = Instant::now();
-    let (live, expired): (Vec<Job>, Vec<Job>) = taken
-        .into_iter()
-        .partition(|job| job.deadline > now && !job.reply.is_closed());
-    for job in expired {
+    for job in taken.extract_if(.., |job| job.deadline <= now || job.reply.is_closed()) {
         reply(job, Err(PublishError::Timeout));
     }
-    live
+    taken
 }
 
 /// Publishes every event of `taken` and puts the jobs in flight; `Err` when the channel

@@ -214,7 +214,8 @@ fn warn_in_span(job: &Job, failure: &PublishError) {
 
 /// Counts a confirmed job's events by type, one increment per type.
 fn count_published(job: &Job, metrics: &Metrics) {
-    let mut counted: Vec<(&str, u64)> = Vec::new();
+    // A callback's events are mostly of one type.
+    let mut counted: Vec<(&str, u64)> = Vec::with_capacity(1);
     for event in &job.events {
         match counted.iter_mut().find(|(kind, _)| *kind == event.kind) {
             Some((_, count)) => *count += 1,
