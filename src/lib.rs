@@ -4,6 +4,7 @@ pub mod access;
 pub mod amqp;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod consumer;
 pub mod event;
 pub mod healthcheck;

@@ -1,11 +1,11 @@
 //! What a request hands the confirm channels, and what it gets back.
 
-use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::clock::{self, Precision};
 use crate::event::Event;
 
 /// Why a request's events are not all confirmed; every variant is a 503.
@@ -70,30 +70,27 @@ pub struct Received {
     pub request_id: String,
 }
 
-/// Seconds from the epoch to the first second RFC 3339 formatting cannot write (year 10000).
-const RFC3339_END: u64 = 253_402_300_800;
-
 impl Received {
     /// Now, for the request `request_id`.
     pub fn now(request_id: &str) -> Self {
         Self::at(SystemTime::now(), request_id)
     }
 
-    /// At `time`. A clock set before 1970 or past 9999 is written as the epoch: humantime
-    /// panics on the one and cannot write the other, and a wrong clock must not fail a callback.
+    /// At `time`. A clock set before 1970 or past 9999 is written as the epoch: RFC 3339
+    /// cannot write it, and a wrong clock must not fail a callback.
     fn at(time: SystemTime, request_id: &str) -> Self {
-        let since_epoch = time
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .filter(|since| since.as_secs() < RFC3339_END)
-            .unwrap_or_default();
-        // `2023-11-14T22:13:20.123Z`, written into a string of its final size.
-        let mut rfc3339 = String::with_capacity(24);
-        let formatted = humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch);
-        write!(rfc3339, "{formatted}").expect("writing to a String cannot fail");
+        let (time, written) = match clock::rfc3339(time, Precision::Millis) {
+            Some(written) => (time, written),
+            None => (
+                UNIX_EPOCH,
+                clock::rfc3339(UNIX_EPOCH, Precision::Millis).expect("the epoch is in range"),
+            ),
+        };
         Self {
-            unix_secs: since_epoch.as_secs(),
-            rfc3339,
+            unix_secs: time
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+            rfc3339: written.as_str().to_owned(),
             request_id: request_id.to_owned(),
         }
     }
@@ -127,7 +124,7 @@ mod tests {
     fn a_clock_outside_what_rfc_3339_can_write_reads_as_the_epoch() {
         for time in [
             UNIX_EPOCH - Duration::from_secs(1),
-            UNIX_EPOCH + Duration::from_secs(RFC3339_END),
+            UNIX_EPOCH + Duration::from_secs(clock::RFC3339_END),
         ] {
             let received = Received::at(time, "r-2");
             assert_eq!(received.unix_secs, 0);

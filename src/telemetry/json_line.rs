@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer as _};
@@ -21,9 +21,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use super::SpanFields;
-
-/// Seconds from the epoch to the first second humantime cannot format (year 10000).
-const HUMANTIME_END: u64 = 253_402_300_800;
+use crate::clock::{self, Precision};
 
 /// One object per event: `timestamp`, `level`, the event's fields in their order (`message`
 /// among them), `target`, and inside a span `span` (the innermost) and `spans` (root first).
@@ -95,13 +93,11 @@ struct Timestamp(SystemTime);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0.duration_since(UNIX_EPOCH) {
-            Ok(since) if since.as_secs() < HUMANTIME_END => {
-                serializer.collect_str(&humantime::format_rfc3339_micros(self.0))
-            }
-            // humantime panics on a clock set before 1970 and fails past 9999;
-            // tracing-subscriber's formatter writes any time (it reads the clock itself).
-            _ => {
+        match clock::rfc3339(self.0, Precision::Micros) {
+            Some(written) => serializer.serialize_str(written.as_str()),
+            // RFC 3339 cannot write a clock set before 1970 or past 9999; tracing-subscriber's
+            // formatter writes any time (it reads the clock itself).
+            None => {
                 let mut text = String::new();
                 let _ = tracing_subscriber::fmt::time::SystemTime
                     .format_time(&mut Writer::new(&mut text));
@@ -156,7 +152,7 @@ where
 mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use tracing::{Level, field, info, info_span, warn};
     use tracing_subscriber::EnvFilter;
@@ -303,10 +299,10 @@ mod tests {
     }
 
     #[test]
-    fn a_clock_humantime_cannot_format_still_gets_a_timestamp() {
+    fn a_clock_rfc_3339_cannot_write_still_gets_a_timestamp() {
         for time in [
             UNIX_EPOCH - Duration::from_secs(1),
-            UNIX_EPOCH + Duration::from_secs(HUMANTIME_END),
+            UNIX_EPOCH + Duration::from_secs(clock::RFC3339_END),
         ] {
             let text = serde_json::to_string(&Timestamp(time)).expect("serializes");
             assert_eq!(
