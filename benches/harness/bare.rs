@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bandwidth_forwarder::event::parse_callback;
+use bandwidth_forwarder::event::{Event, parse_callback};
 use bandwidth_forwarder::routing::RoutingTemplate;
 use bandwidth_forwarder::settings::HttpSettings;
 use tracing_subscriber::EnvFilter;
@@ -133,7 +133,7 @@ pub fn bare_server(
 
 /// The forwarder's own part of a callback, with the defaults of `http.max_json_depth` and
 /// `amqp.routing_key`.
-struct ForwardersWork {
+pub struct ForwardersWork {
     max_depth: usize,
     routing: RoutingTemplate,
 }
@@ -150,13 +150,23 @@ impl Default for ForwardersWork {
 impl ForwardersWork {
     /// Parses, validates and keys `body`, then writes its access line, fields as the forwarder's.
     fn on(&self, body: &bytes::Bytes, started: Instant) {
-        let events = parse_callback(body, self.max_depth, &self.routing).expect("a valid callback");
+        let events = self.parse(body);
+        Self::access_line(events.len(), started);
+    }
+
+    /// `body`'s events, parsed, validated and keyed by the forwarder's parser.
+    pub fn parse(&self, body: &bytes::Bytes) -> Vec<Event> {
+        parse_callback(body, self.max_depth, &self.routing).expect("a valid callback")
+    }
+
+    /// The forwarder's access line for a callback of `events` received at `started`.
+    pub fn access_line(events: usize, started: Instant) {
         let request_id = bandwidth_forwarder::http::new_request_id();
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             request_id,
             status = 200,
-            events = events.len(),
+            events,
             latency_ms,
             "callback accepted"
         );

@@ -1,6 +1,6 @@
 //! The cost table: CPU per event of the forwarder against its two libraries alone, and of the
 //! broker behind the forwarder against behind lapin alone. Ratios are taken within each round
-//! (the three cells of a round ran minutes apart on the same host), then summarised over
+//! (the cells of a round ran minutes apart on the same host), then summarised over
 //! rounds.
 
 use crate::cell::Cell;
@@ -11,11 +11,12 @@ struct Group<'a> {
     raw: &'a Cell,
     http: &'a Cell,
     work: &'a Cell,
+    minimal: &'a Cell,
     forwarder: &'a Cell,
 }
 
 impl<'a> Group<'a> {
-    /// The (a), (h), (w) and (b) cells of `concurrency` in `cells`, when all were measured.
+    /// The (a), (h), (w), (m) and (b) cells of `concurrency` in `cells`, when all were measured.
     fn of(cells: &'a [Cell], concurrency: usize) -> Option<Self> {
         let find = |prefix: &str| {
             cells
@@ -26,6 +27,7 @@ impl<'a> Group<'a> {
             raw: find("(a)")?,
             http: find("(h)")?,
             work: find("(w)")?,
+            minimal: find("(m)")?,
             forwarder: find("(b)")?,
         })
     }
@@ -56,9 +58,19 @@ impl<'a> Group<'a> {
         (self.lapin_us() + self.work_us()) / (self.lapin_us() + self.hyper_us())
     }
 
-    /// What the forwarder spends beyond that floor: hand-off, confirms, spans, metrics.
-    fn beyond_floor(&self) -> f64 {
-        self.forwarder_us() / (self.lapin_us() + self.work_us())
+    fn minimal_us(&self) -> f64 {
+        self.minimal.cpu_us_per_event(self.minimal.cpu_seconds)
+    }
+
+    /// The overhead of the minimal forwarder: (w) publishing as (a) does, in one process.
+    fn minimal_overhead(&self) -> f64 {
+        self.minimal_us() / (self.lapin_us() + self.hyper_us())
+    }
+
+    /// What the forwarder spends beyond the minimal one: channel workers, span, metrics,
+    /// admission, timeouts.
+    fn beyond_minimal(&self) -> f64 {
+        self.forwarder_us() / self.minimal_us()
     }
 
     fn broker_raw_us(&self) -> f64 {
@@ -103,13 +115,16 @@ const COSTS: [Figure; 9] = [
     (|g| g.throughput_ratio(), 2),
 ];
 
-/// The overhead's floor: what parsing and the access line add to the bare server.
-const FLOOR: [Figure; 5] = [
+/// The overhead's floor: what parsing and the access line add to the bare server, and what
+/// the least forwarder doing that work costs.
+const FLOOR: [Figure; 7] = [
     (|g| g.hyper_us(), 1),
     (|g| g.work_us(), 1),
     (|g| g.parse_and_log_us(), 1),
     (|g| g.floor(), 2),
-    (|g| g.beyond_floor(), 2),
+    (|g| g.minimal_us(), 1),
+    (|g| g.minimal_overhead(), 2),
+    (|g| g.beyond_minimal(), 2),
 ];
 
 /// Prints one row per concurrency that has all four cells: each figure as the median of rounds
@@ -126,10 +141,11 @@ pub fn print_costs(rounds: &[Vec<Cell>], concurrencies: &[usize]) {
     print_rows(rounds, concurrencies, &COSTS);
     println!(
         "\nThe overhead's floor: (w) is (h) that also parses each callback with the forwarder's \
-         parser and writes its JSON access line; floor = (a + w) ÷ (a + h)\n"
+         parser and writes its JSON access line; floor = (a + w) ÷ (a + h). (m) is (w) also \
+         publishing each event as (a) does, in a process of its own: the least forwarder\n"
     );
     println!(
-        "| C | (h) µs/request | (w) µs/request | parse + log line µs | **floor** (a + w) ÷ (a + h) | fwd ÷ (a + w) |"
+        "| C | (h) µs/request | (w) µs/request | parse + log line µs | **floor** (a + w) ÷ (a + h) | (m) µs/event | **(m) overhead** (m) ÷ (a + h) | fwd ÷ (m) |"
     );
     print_rows(rounds, concurrencies, &FLOOR);
 }

@@ -1,4 +1,4 @@
-//! (b) and (c): the release binary under load.
+//! (b) and (c): the release binary under load; (m): the minimal forwarder, measured the same way.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -8,21 +8,19 @@ use crate::cell::Cell;
 use crate::load::{Poster, post_load};
 use crate::system::broker_pid;
 
-/// The release binary, started fresh per cell so its peak RSS belongs to that cell.
+/// The release binary, started fresh per cell so its peak RSS belongs to that cell; or, for
+/// (m), this bench binary serving as the minimal forwarder.
 pub struct Subject {
     child: Child,
     addr: String,
-    config: std::path::PathBuf,
+    config: Option<std::path::PathBuf>,
 }
 
 impl Subject {
     pub fn start(args: &Args, exchange: &str) -> Self {
         let (uri, log_level) = (&args.uri, &args.log_level);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = free_addr();
+        let port = addr.rsplit(':').next().expect("host:port");
         let config = std::env::temp_dir().join(format!("{exchange}.{port}.toml"));
         std::fs::write(
             &config,
@@ -36,9 +34,23 @@ impl Subject {
             .forwarder
             .clone()
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_bandwidth-forwarder").into());
-        let child = Command::new(binary)
-            .args(["serve", "--config"])
-            .arg(&config)
+        let mut command = Command::new(binary);
+        command.args(["serve", "--config"]).arg(&config);
+        Self::spawn(command, addr, Some(config))
+    }
+
+    /// (m): `minimal::serve` in a process of its own, measured as (b) is.
+    pub fn start_minimal(args: &Args, exchange: &str) -> Self {
+        let addr = free_addr();
+        let mut command = Command::new(std::env::current_exe().expect("the bench binary"));
+        command
+            .args(["--minimal-forwarder", &addr, "--minimal-exchange", exchange])
+            .args(["--uri", &args.uri]);
+        Self::spawn(command, addr, None)
+    }
+
+    fn spawn(mut command: Command, addr: String, config: Option<std::path::PathBuf>) -> Self {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -73,13 +85,52 @@ impl Drop for Subject {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
     }
+}
+
+/// A free port on the loopback interface, as `host:port`.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 /// (b)/(c): C clients posting callbacks of `batch` unique events, counting only 2xx.
 pub async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: usize) -> Cell {
-    let subject = Subject::start(args, exchange);
+    let mode = format!(
+        "({}) forwarder, {batch}-event callbacks",
+        if batch == 1 { 'b' } else { 'c' }
+    );
+    under_load(
+        Subject::start(args, exchange),
+        mode,
+        args.seconds,
+        concurrency,
+        batch,
+    )
+    .await
+}
+
+/// (m): the same clients, single-event callbacks, against the minimal forwarder.
+pub async fn minimal(args: &Args, exchange: &str, concurrency: usize) -> Cell {
+    let subject = Subject::start_minimal(args, exchange);
+    let mode = "(m) minimal forwarder: (w) publishing as (a), one process".to_owned();
+    under_load(subject, mode, args.seconds, concurrency, 1).await
+}
+
+/// `subject` once ready, under C clients posting callbacks of `batch` unique events.
+async fn under_load(
+    subject: Subject,
+    mode: String,
+    seconds: u64,
+    concurrency: usize,
+    batch: usize,
+) -> Cell {
     for _ in 0..500 {
         let ready = match Poster::connect(&subject.addr).await {
             Ok(mut poster) => poster.request("GET", "/readyz", b"").await.unwrap_or(0),
@@ -95,12 +146,9 @@ pub async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: u
         broker_pid(),
         Some("self".to_owned()),
     ];
-    let load = post_load(&subject.addr, concurrency, batch, args.seconds, &pids).await;
+    let load = post_load(&subject.addr, concurrency, batch, seconds, &pids).await;
     Cell {
-        mode: format!(
-            "({}) forwarder, {batch}-event callbacks",
-            if batch == 1 { 'b' } else { 'c' }
-        ),
+        mode,
         concurrency,
         requests: load.latencies_us.len() as u64,
         events: load.latencies_us.len() as u64 * batch as u64,

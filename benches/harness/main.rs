@@ -5,7 +5,9 @@
 //! measures the HTTP exchange alone (a bare hyper server, no broker), from which the table's
 //! last lines estimate the best any forwarder could reach beside the same broker and clients;
 //! a (w) cell is that server also parsing each callback and writing the forwarder's access line,
-//! the floor of the overhead. The bench runs on the forwarder's allocator (mimalloc).
+//! the floor of the overhead; an (m) cell is (w) publishing each event as (a) does, in a process
+//! of its own: the least a forwarder can be with these libraries. The bench runs on the
+//! forwarder's allocator (mimalloc).
 //!
 //! `cargo bench --bench harness -- [--seconds N] [--rounds N] [--concurrency 16,64,256]
 //! [--batches 1,10,100] [--pin] [--log-level LEVEL] [--forwarder PATH] [--uri URI]`
@@ -15,6 +17,7 @@ mod cell;
 mod costs;
 mod forwarder;
 mod load;
+mod minimal;
 mod raw;
 mod report;
 mod stats;
@@ -29,7 +32,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use bare::http_floor;
 use cell::Cell;
-use forwarder::forwarder;
+use forwarder::{forwarder, minimal};
 use raw::raw;
 use report::print_table;
 use system::Pinning;
@@ -75,15 +78,30 @@ pub struct Args {
     /// Ignored: cargo bench passes it.
     #[arg(long, hide = true)]
     pub bench: bool,
+    /// Serve as the minimal forwarder (m) on this address instead (the harness starts it).
+    #[arg(long, hide = true)]
+    pub minimal_forwarder: Option<String>,
+    /// The exchange the minimal forwarder publishes to.
+    #[arg(long, hide = true, default_value = "")]
+    pub minimal_exchange: String,
 }
 
 /// The forwarder's allocator, so that (a), (h) and (w) are not charged for a slower one.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    if let Some(listen) = &args.minimal_forwarder {
+        minimal::serve(listen, &args.uri, &args.minimal_exchange);
+        return;
+    }
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(run(args));
+}
+
+async fn run(args: Args) {
     let _pinned = args.pin.then(Pinning::apply);
     let exchange = format!("bench.{:08x}", fastrand::u32(..));
     let queue = format!("{exchange}.q");
@@ -169,6 +187,9 @@ async fn main() {
             cells.push(http_floor(concurrency, args.seconds, confirm_time, false).await);
             eprintln!("round {round}, concurrency {concurrency}: HTTP + the forwarder's work");
             cells.push(http_floor(concurrency, args.seconds, confirm_time, true).await);
+            eprintln!("round {round}, concurrency {concurrency}: minimal forwarder");
+            purge().await;
+            cells.push(minimal(&args, &exchange, concurrency).await);
             for &batch in &args.batches {
                 eprintln!(
                     "round {round}, concurrency {concurrency}: forwarder, {batch}-event callbacks"
