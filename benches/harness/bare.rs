@@ -54,9 +54,9 @@ pub async fn http_floor(
     server.join().expect("server thread");
     Cell {
         mode: if work {
-            "(w) HTTP + the forwarder's parse and log line, no broker".into()
+            "(w) (h) + parse and log line".into()
         } else {
-            "(h) HTTP only: bare hyper server, no broker".into()
+            "(h) bare hyper server, no broker".into()
         },
         concurrency,
         requests: load.latencies_us.len() as u64,

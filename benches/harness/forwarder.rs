@@ -119,7 +119,7 @@ pub async fn forwarder(args: &Args, exchange: &str, concurrency: usize, batch: u
 /// (m): the same clients, single-event callbacks, against the minimal forwarder.
 pub async fn minimal(args: &Args, exchange: &str, concurrency: usize) -> Cell {
     let subject = Subject::start_minimal(args, exchange);
-    let mode = "(m) minimal forwarder: (w) publishing as (a), one process".to_owned();
+    let mode = "(m) minimal forwarder".to_owned();
     under_load(subject, mode, args.seconds, concurrency, 1).await
 }
 
