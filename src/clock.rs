@@ -138,7 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn a_time_rfc_3339_cannot_write_is_none() {
+    fn a_time_before_1970_or_from_year_10000_is_none() {
         for time in [
             UNIX_EPOCH - Duration::from_nanos(1),
             UNIX_EPOCH + Duration::from_secs(RFC3339_END),

@@ -1,7 +1,8 @@
 //! (m): the least a forwarder can be with these libraries. The (w) server, in a process of its
 //! own, publishing each event of a callback from the request's own task on one confirm channel,
-//! as (a) publishes, and answering 200 at its confirms. No channel workers, span, metrics, admission, timeouts or error paths. Its
-//! overhead, (m) ÷ (a + h), bounds what any forwarder doing the same work reaches here.
+//! as (a) publishes, and answering 200 at its confirms. No channel workers, span, metrics,
+//! admission, timeouts or error paths. Its overhead, (m) ÷ (a + h), is what that work costs in
+//! one process here, before anything else a forwarder must do.
 
 use std::sync::Arc;
 use std::time::Instant;

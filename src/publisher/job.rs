@@ -76,8 +76,8 @@ impl Received {
         Self::at(SystemTime::now(), request_id)
     }
 
-    /// At `time`. A clock set before 1970 or past 9999 is written as the epoch: RFC 3339
-    /// cannot write it, and a wrong clock must not fail a callback.
+    /// At `time`. A clock set before 1970 or past 9999 is written as the epoch: `clock` does
+    /// not write it, and a wrong clock must not fail a callback.
     fn at(time: SystemTime, request_id: &str) -> Self {
         let (time, written) = match clock::rfc3339(time, Precision::Millis) {
             Some(written) => (time, written),
