@@ -12,6 +12,7 @@ mod job;
 pub mod message;
 mod state;
 mod topology;
+mod watchdog;
 mod worker;
 
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use super::inflight::{InFlight, reply};
 use super::job::{Job, PublishError};
 use super::message::{properties, routing_key};
 use super::state::Shared;
+use super::watchdog::Watchdog;
 use crate::amqp::CurrentConnection;
 use crate::settings::AmqpSettings;
 
@@ -56,9 +57,11 @@ pub(super) async fn run(
     mut connection_rx: CurrentConnection,
     jobs: async_channel::Receiver<Job>,
 ) {
+    let mut counted = Counted::new(&shared);
     loop {
         let current = connection_rx.borrow_and_update().clone();
         let Some(connection) = current else {
+            counted.set(false);
             // No broker: fail whatever is queued at once rather than let it time out.
             tokio::select! {
                 changed = connection_rx.changed() => if changed.is_err() {
@@ -75,22 +78,56 @@ pub(super) async fn run(
         let channel = match open_channel(&connection).await {
             Ok(channel) => channel,
             Err(error) => {
+                counted.set(false);
                 warn!(worker = config.id, %error, "opening a confirm channel failed");
                 tokio::time::sleep(CHANNEL_RETRY).await;
                 continue;
             }
         };
-        shared.channel_opened();
+        counted.set(true);
         let finished = serve_channel(&config, &shared, &channel, &mut connection_rx, &jobs).await;
-        shared.channel_closed();
-        if channel.status().connected() {
-            let _ =
-                tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, channel.close(200, "replaced".into()))
-                    .await;
-        }
         if finished {
+            counted.set(false);
+            close_channel(channel).await;
             return;
         }
+        // A stuck channel may never answer its close: its replacement does not wait for it.
+        tokio::spawn(close_channel(channel));
+    }
+}
+
+/// Whether a worker counts among the open channels (readiness, the `open_channels` gauge). A
+/// channel being replaced still counts: a callback that arrives between the old channel and the
+/// new one waits for the new one, within its publish timeout, instead of getting 503 at once.
+/// It stops counting without a connection, when a channel cannot be opened, and at the end.
+struct Counted<'a> {
+    shared: &'a Shared,
+    counted: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            counted: false,
+        }
+    }
+
+    fn set(&mut self, counted: bool) {
+        match (self.counted, counted) {
+            (false, true) => self.shared.channel_opened(),
+            (true, false) => self.shared.channel_closed(),
+            _ => {}
+        }
+        self.counted = counted;
+    }
+}
+
+/// Closes `channel` if it is open, waiting for the broker's answer for a while at most.
+async fn close_channel(channel: Channel) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, channel.close(200, "replaced".into()))
+            .await;
     }
 }
 
@@ -105,6 +142,7 @@ async fn serve_channel(
 ) -> bool {
     let mut in_flight = InFlight::default();
     let mut closing = false;
+    let mut watchdog = Watchdog::new();
     // Why the channel is given up, and whether the topology may be gone with it.
     let (failure, topology_lost) = loop {
         if closing && in_flight.is_empty() {
@@ -116,7 +154,6 @@ async fn serve_channel(
                 true,
             );
         }
-        let oldest = in_flight.oldest_deadline();
         let room = in_flight.events() < config.max_in_flight_events;
         tokio::select! {
             biased;
@@ -135,14 +172,19 @@ async fn serve_channel(
                     break (failure, true);
                 }
             }
-            _ = sleep_until_some(oldest) => {
-                debug!(worker = config.id, "confirms timed out, replacing the channel");
-                break (PublishError::Timeout, false);
+            () = watchdog.fired() => {
+                if watchdog.expired(in_flight.oldest_deadline()) {
+                    debug!(worker = config.id, "confirms timed out, replacing the channel");
+                    break (PublishError::Timeout, false);
+                }
             }
             job = jobs.recv(), if room && !closing => match job {
                 Ok(first) => {
                     let room = config.max_in_flight_events - in_flight.events();
                     let taken = take_waiting(first, jobs, room);
+                    if let Some(earliest) = taken.iter().map(|job| job.deadline).min() {
+                        watchdog.cover(earliest);
+                    }
                     if let Err(failure) = publish(config, channel, taken, &mut in_flight).await {
                         let topology_lost = failure != PublishError::Timeout;
                         break (failure, topology_lost);
@@ -231,14 +273,6 @@ async fn publish(
         }
     }
     outcome
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A new confirm channel, or why not (a stuck broker counts as a failure after a while).

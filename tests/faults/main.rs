@@ -578,6 +578,75 @@ async fn s7_load_balanced_pair_survives_sigkill_of_one() {
     );
 }
 
+/// Suspends, on the machine's node, every channel process of `vhost`, held by a process named
+/// `holder` until it is sent `release` (or for 60 s at most: a stall must not outlive a failed
+/// test). A suspended channel takes publishes into its mailbox and confirms nothing, as a
+/// stuck channel does. Returns how many channels it stalled.
+fn stall_channels(vhost: &str, holder: &str) -> usize {
+    let expression = format!(
+        "Pids = [P || P <- rabbit_channel:list_local(), \
+           rabbit_channel:info(P, [vhost]) =:= [{{vhost, <<\"{vhost}\">>}}]], \
+         Holder = spawn(fun() -> [erlang:suspend_process(P) || P <- Pids], \
+           receive release -> ok after 60000 -> ok end end), \
+         register({holder}, Holder), length(Pids)."
+    );
+    let printed = run_script("rabbitmqctl", &["eval", &expression]);
+    printed
+        .trim()
+        .lines()
+        .last()
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("stalling the channels of {vhost} printed:\n{printed}"))
+}
+
+#[tokio::test]
+async fn s8_stalled_channels_are_replaced_within_the_publish_timeout() {
+    let _serial = SERIAL.lock().await;
+    // A vhost of its own: only this forwarder's channels are stalled.
+    let vhost = unique("vh");
+    let holder = format!("bf_stall_{}", fastrand::u32(..));
+    rabbitmqctl(&["add_vhost", &vhost]);
+    let _vhost = Restore::new("rabbitmqctl", &["delete_vhost", &vhost]);
+    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    let uri = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let subject = Subject::new(&uri);
+    let forwarder = subject.start().await;
+    let (stop, load) = start_load(forwarder.url("/callbacks/bandwidth/messaging"), "s8", false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    let release = format!("catch (whereis({holder}) ! release), ok.");
+    let _release = Restore::new("rabbitmqctl", &["eval", &release]);
+    let stalled = stall_channels(&vhost, &holder);
+    assert!(stalled >= 1, "no channel of {vhost} to stall");
+    // The channels stay stalled: only replacing them brings 2xx back.
+    tokio::time::sleep(Duration::from_millis(PUBLISH_TIMEOUT_MS + 4_000)).await;
+    let load = finish_load(stop, load).await;
+    rabbitmqctl(&["eval", &release]);
+    let report = Report::new(
+        "8. stalled channels",
+        &load,
+        &subject.stored(&uri).await,
+        fault,
+    );
+    report.print();
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.duplicates, 0, "duplicates without a retry");
+    let timed_out = load
+        .attempts
+        .iter()
+        .filter(|a| a.at > fault && a.status == 503)
+        .count();
+    assert!(timed_out > 0, "no request was caught by the stall");
+    // The callbacks the stalled channels held: about one per poster per channel. Callbacks sent
+    // while a channel is being replaced wait for the new one; they do not get 503 at once.
+    assert!(
+        timed_out <= 4 * load::CONCURRENCY,
+        "{timed_out} callbacks got 503, more than the stalled channels held"
+    );
+    let replaced = fault + Duration::from_millis(PUBLISH_TIMEOUT_MS + 2_000);
+    assert_recovered(&load, replaced);
+}
+
 #[tokio::test]
 async fn broker_wide_scenarios_wait_for_processes_that_share_the_broker() {
     use std::io::BufRead;
