@@ -61,15 +61,16 @@ pub async fn http_floor(
         concurrency,
         requests: load.latencies_us.len() as u64,
         events: load.latencies_us.len() as u64,
-        seconds: load.seconds,
+        seconds: load.window.seconds,
         latencies_us: load.latencies_us,
         peak_rss_kb: None,
-        cpu_seconds: load.cpu[0],
+        cpu_seconds: load.window.cpu[0],
         broker_cpu_seconds: None,
         // This process minus the server thread: the clients alone.
-        load_generator_cpu_seconds: load.cpu[2]
-            .zip(load.cpu[0])
+        load_generator_cpu_seconds: load.window.cpu[2]
+            .zip(load.window.cpu[0])
             .map(|(all, server)| all - server),
+        threads: None,
     }
 }
 

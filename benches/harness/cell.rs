@@ -1,5 +1,7 @@
 //! One measured cell: what a mode did at one concurrency in one round.
 
+use crate::system::Threads;
+
 /// One measured cell.
 pub struct Cell {
     pub mode: String,
@@ -12,6 +14,8 @@ pub struct Cell {
     pub cpu_seconds: Option<f64>,
     pub broker_cpu_seconds: Option<f64>,
     pub load_generator_cpu_seconds: Option<f64>,
+    /// How the measured process's threads spent their CPU ((m), (b) and (c)).
+    pub threads: Option<Threads>,
 }
 
 impl Cell {
@@ -34,6 +38,19 @@ impl Cell {
             .clamp(1, self.latencies_us.len())
             - 1;
         self.latencies_us[index]
+    }
+
+    /// CPU microseconds per confirmed event of one part of the threads' time (NaN when not
+    /// measured).
+    pub fn threads_us_per_event(&self, part: fn(&Threads) -> f64) -> f64 {
+        self.cpu_us_per_event(self.threads.as_ref().map(part))
+    }
+
+    /// Context switches per confirmed event (NaN when not measured).
+    pub fn switches_per_event(&self) -> f64 {
+        self.threads
+            .filter(|_| self.events > 0)
+            .map_or(f64::NAN, |t| t.switches / self.events as f64)
     }
 
     /// CPU microseconds per confirmed event of `cpu_seconds` (NaN when not measured).

@@ -127,8 +127,26 @@ const FLOOR: [Figure; 7] = [
     (|g| g.beyond_minimal(), 2),
 ];
 
+/// Where (m) and the forwarder spend their CPU: the async runtime's threads and lapin's I/O
+/// thread, user and system time, and context switches.
+const THREADS: [Figure; 10] = [
+    (|g| g.minimal.threads_us_per_event(|t| t.runtime_user), 1),
+    (|g| g.minimal.threads_us_per_event(|t| t.runtime_system), 1),
+    (|g| g.minimal.threads_us_per_event(|t| t.io_user), 1),
+    (|g| g.minimal.threads_us_per_event(|t| t.io_system), 1),
+    (|g| g.minimal.switches_per_event(), 2),
+    (|g| g.forwarder.threads_us_per_event(|t| t.runtime_user), 1),
+    (
+        |g| g.forwarder.threads_us_per_event(|t| t.runtime_system),
+        1,
+    ),
+    (|g| g.forwarder.threads_us_per_event(|t| t.io_user), 1),
+    (|g| g.forwarder.threads_us_per_event(|t| t.io_system), 1),
+    (|g| g.forwarder.switches_per_event(), 2),
+];
+
 /// Prints one row per concurrency that has all four cells: each figure as the median of rounds
-/// with its range; then what the overhead is made of.
+/// with its range; then what the overhead is made of, and where (m) and (b) spend their CPU.
 pub fn print_costs(rounds: &[Vec<Cell>], concurrencies: &[usize]) {
     println!(
         "\nCPU per event, median of {} round(s) (range): forwarder (b) against lapin alone (a) plus \
@@ -148,6 +166,15 @@ pub fn print_costs(rounds: &[Vec<Cell>], concurrencies: &[usize]) {
         "| C | (h) µs/request | (w) µs/request | parse + log line µs | **floor** (a + w) ÷ (a + h) | (m) µs/event | **(m) overhead** (m) ÷ (a + h) | fwd ÷ (m) |"
     );
     print_rows(rounds, concurrencies, &FLOOR);
+    println!(
+        "\nWhere (m) and the forwarder (b) spend their CPU, per event: their async runtime's \
+         threads and lapin's I/O thread, user and system µs (`/proc/PID/task`, in 10 ms ticks), \
+         and context switches of all threads\n"
+    );
+    println!(
+        "| C | (m) runtime user | (m) runtime system | (m) I/O user | (m) I/O system | (m) switches | (b) runtime user | (b) runtime system | (b) I/O user | (b) I/O system | (b) switches |"
+    );
+    print_rows(rounds, concurrencies, &THREADS);
 }
 
 /// The separator and one row per concurrency measured in every cell.

@@ -152,11 +152,12 @@ async fn under_load(
         concurrency,
         requests: load.latencies_us.len() as u64,
         events: load.latencies_us.len() as u64 * batch as u64,
-        seconds: load.seconds,
+        seconds: load.window.seconds,
         latencies_us: load.latencies_us,
         peak_rss_kb: subject.peak_rss_kb(),
-        cpu_seconds: load.cpu[0],
-        broker_cpu_seconds: load.cpu[1],
-        load_generator_cpu_seconds: load.cpu[2],
+        cpu_seconds: load.window.cpu[0],
+        broker_cpu_seconds: load.window.cpu[1],
+        load_generator_cpu_seconds: load.window.cpu[2],
+        threads: load.window.threads,
     }
 }

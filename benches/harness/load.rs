@@ -8,43 +8,56 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::EVENT;
-use crate::system::cpu_seconds;
+use crate::system::{Threads, cpu_seconds};
 
-/// Warm up for a second, then measure for `seconds`. Returns the measured duration and the
-/// CPU seconds each process in `pids` spent in the measured window.
+/// What a measured window took: its duration, the CPU seconds each process spent in it, and
+/// how the first process's threads spent theirs.
+pub struct Window {
+    pub seconds: f64,
+    pub cpu: Vec<Option<f64>>,
+    pub threads: Option<Threads>,
+}
+
+/// Warm up for a second, then measure `pids` for `seconds`.
 pub async fn measure_window(
     measuring: &AtomicBool,
     stop: &AtomicBool,
     seconds: u64,
     pids: &[Option<String>],
-) -> (f64, Vec<Option<f64>>) {
+) -> Window {
     let sample = || -> Vec<Option<f64>> {
         pids.iter()
             .map(|pid| pid.as_deref().and_then(cpu_seconds))
             .collect()
     };
+    let threads = || pids.first()?.as_deref().and_then(Threads::of);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = sample();
+    let (before, threads_before) = (sample(), threads());
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let measured = started.elapsed().as_secs_f64();
-    let after = sample();
+    let (after, threads_after) = (sample(), threads());
     stop.store(true, Ordering::Relaxed);
     let spent = after
         .into_iter()
         .zip(before)
         .map(|(a, b)| a.zip(b).map(|(a, b)| a - b))
         .collect();
-    (measured, spent)
+    Window {
+        seconds: measured,
+        cpu: spent,
+        threads: threads_after
+            .zip(threads_before)
+            .map(|(after, before)| after.since(before)),
+    }
 }
 
-/// What C clients measured: 2xx latencies, the window, and the CPU of `pids` in it.
+/// What C clients measured: 2xx latencies, and the window with the CPU of `pids` in it.
 pub struct Load {
     pub latencies_us: Vec<u64>,
-    pub seconds: f64,
-    pub cpu: Vec<Option<f64>>,
+    pub window: Window,
 }
 
 /// C keep-alive clients posting callbacks of `batch` unique events to `addr` for a warm-up
@@ -100,7 +113,7 @@ pub async fn post_load(
             })
         })
         .collect();
-    let (seconds, cpu) = measure_window(&measuring, &stop, seconds, pids).await;
+    let window = measure_window(&measuring, &stop, seconds, pids).await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("poster"));
@@ -112,8 +125,7 @@ pub async fn post_load(
     }
     Load {
         latencies_us: latencies,
-        seconds,
-        cpu,
+        window,
     }
 }
 

@@ -68,7 +68,7 @@ pub async fn raw(
         })
         .collect();
     let pids = [Some("self".to_owned()), broker_pid()];
-    let (seconds, cpu) = measure_window(&measuring, &stop, seconds, &pids).await;
+    let window = measure_window(&measuring, &stop, seconds, &pids).await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("publisher"));
@@ -84,12 +84,13 @@ pub async fn raw(
         concurrency,
         requests: latencies.len() as u64,
         events: latencies.len() as u64,
-        seconds,
+        seconds: window.seconds,
         latencies_us: latencies,
         peak_rss_kb: None,
-        cpu_seconds: cpu[0],
-        broker_cpu_seconds: cpu[1],
+        cpu_seconds: window.cpu[0],
+        broker_cpu_seconds: window.cpu[1],
         load_generator_cpu_seconds: None,
+        threads: None,
     }
 }
 

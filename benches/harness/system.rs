@@ -1,5 +1,5 @@
-//! What the harness reads off the machine: CPU seconds of a process, the broker's process,
-//! and CPU pinning.
+//! What the harness reads off the machine: CPU seconds of a process and of its threads, the
+//! broker's process, and CPU pinning.
 
 use std::process::Command;
 
@@ -43,6 +43,70 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
+}
+
+/// CPU seconds and context switches of a process's threads (`/proc/PID/task`), lapin's I/O
+/// thread apart from the rest: the async runtime's threads, and an idle main thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Threads {
+    pub runtime_user: f64,
+    pub runtime_system: f64,
+    pub io_user: f64,
+    pub io_system: f64,
+    /// Voluntary and involuntary, of every thread.
+    pub switches: f64,
+}
+
+impl Threads {
+    /// Now, for the process `pid` (`self` for this one).
+    pub fn of(pid: &str) -> Option<Self> {
+        let mut threads = Self::default();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            // A thread that ended since the listing is skipped.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let seconds = |index: usize| {
+                fields
+                    .get(index)
+                    .and_then(|ticks| ticks.parse::<f64>().ok())
+                    .map_or(0.0, |ticks| ticks / 100.0)
+            };
+            let (user, system) = (seconds(11), seconds(12));
+            if head.ends_with("(lapin-io-loop") {
+                threads.io_user += user;
+                threads.io_system += system;
+            } else {
+                threads.runtime_user += user;
+                threads.runtime_system += system;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            threads.switches += status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        Some(threads)
+    }
+
+    /// What was spent from `before` to `self`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            runtime_user: self.runtime_user - before.runtime_user,
+            runtime_system: self.runtime_system - before.runtime_system,
+            io_user: self.io_user - before.io_user,
+            io_system: self.io_system - before.io_system,
+            switches: self.switches - before.switches,
+        }
+    }
 }
 
 /// The local broker's Erlang VM, to report its CPU beside ours.
