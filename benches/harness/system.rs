@@ -40,9 +40,15 @@ pub fn taskset(cpus: &str, pid: &str) {
 /// User + system CPU seconds of a process (`self` for this one).
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (user, system) = user_and_system(&stat)?;
+    Some(user + system)
+}
+
+/// User and system CPU seconds from the text of a `/proc/.../stat` file.
+fn user_and_system(stat: &str) -> Option<(f64, f64)> {
     let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    let seconds = |index: usize| Some(fields.get(index)?.parse::<u64>().ok()? as f64 / 100.0);
+    Some((seconds(11)?, seconds(12)?))
 }
 
 /// CPU seconds and context switches of a process's threads (`/proc/PID/task`), lapin's I/O
@@ -69,18 +75,10 @@ impl Threads {
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;
             };
-            let Some((head, rest)) = stat.rsplit_once(") ") else {
+            let Some((user, system)) = user_and_system(&stat) else {
                 continue;
             };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let seconds = |index: usize| {
-                fields
-                    .get(index)
-                    .and_then(|ticks| ticks.parse::<f64>().ok())
-                    .map_or(0.0, |ticks| ticks / 100.0)
-            };
-            let (user, system) = (seconds(11), seconds(12));
-            if head.ends_with("(lapin-io-loop") {
+            if stat.contains("(lapin-io-loop) ") {
                 threads.io_user += user;
                 threads.io_system += system;
             } else {

@@ -600,7 +600,7 @@ fn stall_channels(vhost: &str, holder: &str) -> usize {
 }
 
 #[tokio::test]
-async fn s8_stalled_channels_are_replaced_within_the_publish_timeout() {
+async fn s8_stalled_channels_are_replaced_while_they_stay_stalled() {
     let _serial = SERIAL.lock().await;
     // A vhost of its own: only this forwarder's channels are stalled.
     let vhost = unique("vh");
