@@ -12,7 +12,7 @@
 //! answered only after a read in which its last confirm was seen: by then every return of its
 //! events has been read.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -42,8 +42,7 @@ struct Pending {
 /// The channel's unanswered jobs, by the order they were published in, and their confirms.
 #[derive(Default)]
 pub(super) struct InFlight {
-    jobs: BTreeMap<u64, Pending>,
-    next_id: u64,
+    jobs: Jobs,
     events: usize,
     /// Jobs whose every confirm has been read, to answer once the current read ends.
     finished: Vec<u64>,
@@ -62,25 +61,20 @@ impl InFlight {
 
     /// The earliest deadline of a job in flight: past it the channel is stuck.
     pub(super) fn oldest_deadline(&self) -> Option<Instant> {
-        self.jobs.values().map(|pending| pending.job.deadline).min()
+        self.jobs.iter().map(|pending| pending.job.deadline).min()
     }
 
     /// Takes `job`, whose events were first published at `published`, in, awaiting one confirm
     /// per event; its id, for [`InFlight::watch`].
     pub(super) fn add(&mut self, job: Job, published: Instant) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
         self.events += job.events.len();
         let outstanding = job.events.len();
-        self.jobs.insert(
-            id,
-            Pending {
-                job,
-                outstanding,
-                failure: None,
-                published,
-            },
-        );
+        let id = self.jobs.push(Pending {
+            job,
+            outstanding,
+            failure: None,
+            published,
+        });
         if outstanding == 0 {
             self.finished.push(id);
         }
@@ -129,7 +123,7 @@ impl InFlight {
 
     /// Counts one confirm of job `id` as read, with what went wrong, if anything.
     pub(super) fn confirmed(&mut self, id: u64, failure: Option<PublishError>) {
-        let Some(pending) = self.jobs.get_mut(&id) else {
+        let Some(pending) = self.jobs.get_mut(id) else {
             return;
         };
         pending.outstanding = pending.outstanding.saturating_sub(1);
@@ -154,7 +148,7 @@ impl InFlight {
             .map(|id| id.as_str())
             .unwrap_or_default();
         let mut owned = false;
-        for pending in self.jobs.values_mut() {
+        for pending in self.jobs.iter_mut() {
             if pending.job.events.iter().any(|event| event.dedup_key == id) {
                 owned = true;
                 pending.failure = Some(PublishError::Unroutable);
@@ -170,8 +164,10 @@ impl InFlight {
 
     /// Answers the jobs whose confirms are all read.
     fn answer_finished(&mut self, metrics: &Metrics) {
-        for id in std::mem::take(&mut self.finished) {
-            let Some(pending) = self.jobs.remove(&id) else {
+        // Taken and put back, so that the list keeps its room.
+        let mut finished = std::mem::take(&mut self.finished);
+        for id in finished.drain(..) {
+            let Some(pending) = self.jobs.remove(id) else {
                 continue;
             };
             self.events -= pending.job.events.len();
@@ -190,11 +186,12 @@ impl InFlight {
             };
             reply(pending.job, result);
         }
+        self.finished = finished;
     }
 
     /// Answers every job in flight with `error` (the channel is being replaced).
     pub(super) fn fail_all(&mut self, error: PublishError) {
-        for (_, pending) in std::mem::take(&mut self.jobs) {
+        for pending in self.jobs.take_all() {
             warn_in_span(&pending.job, &error);
             reply(pending.job, Err(error.clone()));
         }
@@ -212,24 +209,68 @@ fn warn_in_span(job: &Job, failure: &PublishError) {
     }
 }
 
-/// Counts a confirmed job's events by type, one increment per type.
+/// Counts a confirmed job's events by type, one increment per run of one type (a callback's
+/// events are mostly of one type).
 fn count_published(job: &Job, metrics: &Metrics) {
-    // A callback's events are mostly of one type.
-    let mut counted: Vec<(&str, u64)> = Vec::with_capacity(1);
-    for event in &job.events {
-        match counted.iter_mut().find(|(kind, _)| *kind == event.kind) {
-            Some((_, count)) => *count += 1,
-            None => counted.push((&event.kind, 1)),
-        }
-    }
-    for (kind, count) in counted {
-        metrics.published(kind, count);
+    for run in job.events.chunk_by(|a, b| a.kind == b.kind) {
+        metrics.published(&run[0].kind, run.len() as u64);
     }
 }
 
 pub(super) fn reply(job: Job, result: Result<(), PublishError>) {
     // The requester may have timed out and gone; its answer was already a 503.
     let _ = job.reply.send(result);
+}
+
+/// Jobs by id, ids given in the order the jobs are added: a ring from the oldest unanswered job
+/// on, with a gap where a later job was answered first.
+#[derive(Default)]
+struct Jobs {
+    /// The id of the ring's first slot.
+    first: u64,
+    slots: VecDeque<Option<Pending>>,
+}
+
+impl Jobs {
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Adds `pending` after every job added before; its id.
+    fn push(&mut self, pending: Pending) -> u64 {
+        self.slots.push_back(Some(pending));
+        self.first + self.slots.len() as u64 - 1
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Pending> {
+        let index = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        self.slots.get_mut(index)?.as_mut()
+    }
+
+    /// Takes job `id` out; the ring then starts at its oldest job still in.
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let index = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        let pending = self.slots.get_mut(index)?.take();
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+        pending
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.slots.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Pending> {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// Every job, oldest first; the ring is left empty, and ids go on from where they were.
+    fn take_all(&mut self) -> impl Iterator<Item = Pending> {
+        self.first += self.slots.len() as u64;
+        std::mem::take(&mut self.slots).into_iter().flatten()
+    }
 }
 
 /// A confirm with the id of the job it belongs to.

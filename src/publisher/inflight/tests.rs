@@ -161,3 +161,63 @@ fn only_confirmed_jobs_count_towards_published_events() {
         assert!(exposition.contains(&series), "{series} in {exposition}");
     }
 }
+
+#[test]
+fn a_type_met_again_later_in_a_callback_is_counted_in_full() {
+    let metrics = Metrics::new();
+    let mut in_flight = InFlight::default();
+    let (mut job, _answer) = job(&["a1", "a2", "a3"]);
+    job.events[1].kind = "message-failed".into();
+    let id = in_flight.add(job, Instant::now());
+    let round = vec![ack(id, None), ack(id, None), ack(id, None)];
+    assert_eq!(in_flight.settle(round, &metrics), Ok(()));
+    let exposition = metrics.render();
+    for series in [
+        "bandwidth_forwarder_events_published_total{type=\"message-delivered\"} 2",
+        "bandwidth_forwarder_events_published_total{type=\"message-failed\"} 1",
+    ] {
+        assert!(exposition.contains(series), "{series} in {exposition}");
+    }
+}
+
+#[test]
+fn jobs_answered_out_of_order_keep_their_ids_and_new_ones_get_fresh_ids() {
+    let metrics = Metrics::new();
+    let (mut in_flight, ids, mut answers) = in_flight(&[&["a"], &["b"], &["c"]]);
+    // The middle job is answered first, then the last: the first still holds the ring's start.
+    assert_eq!(in_flight.settle(vec![ack(ids[1], None)], &metrics), Ok(()));
+    assert_eq!(in_flight.settle(vec![ack(ids[2], None)], &metrics), Ok(()));
+    assert_eq!(answer(&mut answers[1]), Some(Ok(())));
+    assert_eq!(answer(&mut answers[2]), Some(Ok(())));
+    assert_eq!(answer(&mut answers[0]), None);
+    let (late, mut late_answer) = job(&["d"]);
+    let late = in_flight.add(late, Instant::now());
+    assert!(!ids.contains(&late), "{late} reuses an id in {ids:?}");
+    // A second confirm for an answered job touches nothing.
+    assert_eq!(in_flight.settle(vec![ack(ids[1], None)], &metrics), Ok(()));
+    assert_eq!(answer(&mut late_answer), None);
+    assert_eq!(answer(&mut answers[0]), None);
+    assert_eq!(in_flight.settle(vec![ack(ids[0], None)], &metrics), Ok(()));
+    assert_eq!(answer(&mut answers[0]), Some(Ok(())));
+    assert_eq!(in_flight.settle(vec![ack(late, None)], &metrics), Ok(()));
+    assert_eq!(answer(&mut late_answer), Some(Ok(())));
+    assert!(in_flight.is_empty());
+}
+
+#[test]
+fn after_every_job_failed_a_stale_confirm_touches_no_new_job() {
+    let (mut in_flight, ids, mut answers) = in_flight(&[&["a"], &["b"]]);
+    in_flight.fail_all(PublishError::Timeout);
+    assert_eq!(answer(&mut answers[0]), Some(Err(PublishError::Timeout)));
+    assert_eq!(answer(&mut answers[1]), Some(Err(PublishError::Timeout)));
+    assert!(in_flight.is_empty());
+    let (next, mut next_answer) = job(&["c"]);
+    let next = in_flight.add(next, Instant::now());
+    assert!(!ids.contains(&next), "{next} reuses an id in {ids:?}");
+    assert_eq!(in_flight.events(), 1);
+    assert_eq!(
+        in_flight.settle(vec![ack(ids[0], None), ack(ids[1], None)], &Metrics::new()),
+        Ok(())
+    );
+    assert_eq!(answer(&mut next_answer), None);
+}
