@@ -90,6 +90,14 @@ impl<'a> Group<'a> {
         self.broker_forwarder_us() / self.broker_raw_us()
     }
 
+    /// The broker's CPU per event behind (m) against behind (a): the parity of a forwarder that
+    /// publishes from each request's task, with nothing in between.
+    fn minimal_broker_parity(&self) -> f64 {
+        self.minimal
+            .cpu_us_per_event(self.minimal.broker_cpu_seconds)
+            / self.broker_raw_us()
+    }
+
     fn p99_ratio(&self) -> f64 {
         self.forwarder.percentile_ms(0.99) / self.raw.percentile_ms(0.99)
     }
@@ -117,7 +125,7 @@ const COSTS: [Figure; 9] = [
 
 /// The overhead's floor: what parsing and the access line add to the bare server, and what
 /// the least forwarder doing that work costs.
-const FLOOR: [Figure; 7] = [
+const FLOOR: [Figure; 8] = [
     (|g| g.hyper_us(), 1),
     (|g| g.work_us(), 1),
     (|g| g.parse_and_log_us(), 1),
@@ -125,6 +133,7 @@ const FLOOR: [Figure; 7] = [
     (|g| g.minimal_us(), 1),
     (|g| g.minimal_overhead(), 2),
     (|g| g.beyond_minimal(), 2),
+    (|g| g.minimal_broker_parity(), 2),
 ];
 
 /// Where (m) and the forwarder spend their CPU: the async runtime's threads and lapin's I/O
@@ -163,7 +172,7 @@ pub fn print_costs(rounds: &[Vec<Cell>], concurrencies: &[usize]) {
          publishing each event as (a) does, in a process of its own: the least forwarder\n"
     );
     println!(
-        "| C | (h) µs/request | (w) µs/request | parse + log line µs | **floor** (a + w) ÷ (a + h) | (m) µs/event | **(m) overhead** (m) ÷ (a + h) | fwd ÷ (m) |"
+        "| C | (h) µs/request | (w) µs/request | parse + log line µs | **floor** (a + w) ÷ (a + h) | (m) µs/event | **(m) overhead** (m) ÷ (a + h) | fwd ÷ (m) | (m) broker parity |"
     );
     print_rows(rounds, concurrencies, &FLOOR);
     println!(

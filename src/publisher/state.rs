@@ -1,8 +1,11 @@
 //! What the channel workers share: the connection's state (read, and told when a channel lost
-//! the topology), how many confirm channels are open, and the metrics they count into.
+//! the topology), how many confirm channels are open, whether the first channel is taking
+//! every job, and the metrics they count into.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::watch;
 
 use crate::amqp::LinkState;
 use crate::metrics::Metrics;
@@ -11,6 +14,9 @@ use crate::metrics::Metrics;
 pub(super) struct Shared {
     pub(super) link: Arc<LinkState>,
     open_channels: AtomicUsize,
+    /// True while the first channel cannot take every job (it is full, or not serving): the
+    /// other channels take jobs only then (`worker.rs` says why).
+    pub(super) spill: watch::Sender<bool>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -19,6 +25,7 @@ impl Shared {
         Self {
             link,
             open_channels: AtomicUsize::new(0),
+            spill: watch::Sender::new(true),
             metrics,
         }
     }

@@ -1,6 +1,13 @@
 //! One confirm channel and the task that owns it: open it, publish the queued jobs as they
 //! come while earlier confirms are outstanding (`inflight/` answers each at its own
 //! confirms), replace the channel when it fails.
+//!
+//! The first channel takes every job while it can; the others take jobs only while it cannot:
+//! while it has `amqp.max_batch_events` in flight (until it is down to half), or is not serving
+//! (no connection, being opened or replaced, closing). A load one channel carries goes out in
+//! bigger publish rounds on one channel, cheaper per event for the forwarder and for the broker
+//! than split across two (docs/cost-profile.md, "One channel or two"); a heavier load, or a
+//! channel being replaced, still has them all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +18,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -86,6 +94,9 @@ pub(super) async fn run(
         };
         counted.set(true);
         let finished = serve_channel(&config, &shared, &channel, &mut connection_rx, &jobs).await;
+        if config.id == FIRST {
+            shared.spill.send_replace(true);
+        }
         if finished {
             counted.set(false);
             close_channel(channel).await;
@@ -93,6 +104,60 @@ pub(super) async fn run(
         }
         // A stuck channel may never answer its close: its replacement does not wait for it.
         tokio::spawn(close_channel(channel));
+    }
+}
+
+/// The worker whose channel takes every job while it can.
+const FIRST: usize = 0;
+
+/// When the jobs go beyond the first channel: it says so, the others follow.
+enum Share {
+    /// The first channel, and whether it last said it cannot take every job.
+    First { spilling: bool },
+    /// Another channel, told when the first cannot take every job.
+    Spare(watch::Receiver<bool>),
+}
+
+impl Share {
+    fn new(config: &WorkerConfig, shared: &Shared) -> Self {
+        if config.id == FIRST {
+            Self::First { spilling: true }
+        } else {
+            Self::Spare(shared.spill.subscribe())
+        }
+    }
+
+    /// Whether this channel may take jobs now; the first channel says whether the others may
+    /// too: from when it is full (or `closing`) until it is down to half.
+    fn may_take(&mut self, shared: &Shared, events: usize, max: usize, closing: bool) -> bool {
+        match self {
+            Self::First { spilling } => {
+                let spill = if *spilling {
+                    closing || events > max / 2
+                } else {
+                    closing || events >= max
+                };
+                if spill != *spilling {
+                    *spilling = spill;
+                    shared.spill.send_replace(spill);
+                }
+                true
+            }
+            Self::Spare(spill) => *spill.borrow_and_update(),
+        }
+    }
+
+    /// Resolves when a spare channel may take jobs again; never for the first channel.
+    async fn changed(&mut self) {
+        match self {
+            Self::First { .. } => std::future::pending().await,
+            Self::Spare(spill) => {
+                if spill.changed().await.is_err() {
+                    // The sender lives in `Shared`, as long as the workers.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 }
 
@@ -143,6 +208,7 @@ async fn serve_channel(
     let mut in_flight = InFlight::default();
     let mut closing = false;
     let mut watchdog = Watchdog::new();
+    let mut share = Share::new(config, shared);
     // Why the channel is given up, and whether the topology may be gone with it.
     let (failure, topology_lost) = loop {
         if closing && in_flight.is_empty() {
@@ -155,6 +221,12 @@ async fn serve_channel(
             );
         }
         let room = in_flight.events() < config.max_in_flight_events;
+        let may_take = share.may_take(
+            shared,
+            in_flight.events(),
+            config.max_in_flight_events,
+            closing,
+        );
         tokio::select! {
             biased;
             // The supervisor replaces the connection and declares the topology on it.
@@ -178,7 +250,8 @@ async fn serve_channel(
                     break (PublishError::Timeout, false);
                 }
             }
-            job = jobs.recv(), if room && !closing => match job {
+            () = share.changed(), if !may_take => {}
+            job = jobs.recv(), if room && !closing && may_take => match job {
                 Ok(first) => {
                     let room = config.max_in_flight_events - in_flight.events();
                     let taken = take_waiting(first, jobs, room);
@@ -294,5 +367,68 @@ async fn open_channel(connection: &Connection) -> Result<Channel, String> {
 async fn fail_remaining(jobs: &async_channel::Receiver<Job>) {
     while let Ok(job) = jobs.recv().await {
         reply(job, Err(PublishError::Unavailable));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::amqp::Link;
+    use crate::metrics::Metrics;
+
+    fn shared() -> (Shared, Link) {
+        let metrics = Arc::new(Metrics::new());
+        let link = Link::connected_without_broker(metrics.clone());
+        (Shared::new(link.state().clone(), metrics), link)
+    }
+
+    fn config(id: usize) -> WorkerConfig {
+        WorkerConfig {
+            id,
+            exchange: ShortString::from("x"),
+            max_in_flight_events: 8,
+        }
+    }
+
+    #[test]
+    fn the_first_channel_takes_jobs_and_lets_the_others_in_from_full_until_half() {
+        let (shared, _link) = shared();
+        let mut first = Share::new(&config(FIRST), &shared);
+        let mut spare = Share::new(&config(1), &shared);
+        // Before the first channel serves, the others take every job.
+        assert!(spare.may_take(&shared, 0, 8, false));
+        for (events, spills) in [
+            (0, false),
+            (7, false),
+            (8, true),
+            (5, true),
+            (4, false),
+            (7, false),
+        ] {
+            assert!(first.may_take(&shared, events, 8, false), "{events}");
+            assert_eq!(spare.may_take(&shared, 0, 8, false), spills, "{events}");
+        }
+        // Closing: the others take jobs, so that they see the queue close too.
+        assert!(first.may_take(&shared, 0, 8, true));
+        assert!(spare.may_take(&shared, 0, 8, false));
+    }
+
+    #[tokio::test]
+    async fn a_spare_channel_is_woken_when_the_first_one_spills() {
+        let (shared, _link) = shared();
+        let mut first = Share::new(&config(FIRST), &shared);
+        let mut spare = Share::new(&config(1), &shared);
+        first.may_take(&shared, 0, 8, false);
+        assert!(!spare.may_take(&shared, 0, 8, false));
+        let waiting = tokio::time::timeout(Duration::from_millis(50), spare.changed()).await;
+        assert!(waiting.is_err(), "woken with nothing changed");
+        first.may_take(&shared, 8, 8, false);
+        tokio::time::timeout(Duration::from_secs(1), spare.changed())
+            .await
+            .expect("woken when the first channel is full");
+        assert!(spare.may_take(&shared, 0, 8, false));
     }
 }
