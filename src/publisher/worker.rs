@@ -94,9 +94,6 @@ pub(super) async fn run(
         };
         counted.set(true);
         let finished = serve_channel(&config, &shared, &channel, &mut connection_rx, &jobs).await;
-        if config.id == FIRST {
-            shared.spill.send_replace(true);
-        }
         if finished {
             counted.set(false);
             close_channel(channel).await;
@@ -110,18 +107,25 @@ pub(super) async fn run(
 /// The worker whose channel takes every job while it can.
 const FIRST: usize = 0;
 
-/// When the jobs go beyond the first channel: it says so, the others follow.
-enum Share {
+/// When the jobs go beyond the first channel, while it serves one: it says so, the others
+/// follow. When it stops serving (its `Share` is dropped), the others take every job.
+enum Share<'a> {
     /// The first channel, and whether it last said it cannot take every job.
-    First { spilling: bool },
+    First {
+        spill: &'a watch::Sender<bool>,
+        spilling: bool,
+    },
     /// Another channel, told when the first cannot take every job.
     Spare(watch::Receiver<bool>),
 }
 
-impl Share {
-    fn new(config: &WorkerConfig, shared: &Shared) -> Self {
+impl<'a> Share<'a> {
+    fn new(config: &WorkerConfig, shared: &'a Shared) -> Self {
         if config.id == FIRST {
-            Self::First { spilling: true }
+            Self::First {
+                spill: &shared.spill,
+                spilling: true,
+            }
         } else {
             Self::Spare(shared.spill.subscribe())
         }
@@ -129,17 +133,17 @@ impl Share {
 
     /// Whether this channel may take jobs now; the first channel says whether the others may
     /// too: from when it is full (or `closing`) until it is down to half.
-    fn may_take(&mut self, shared: &Shared, events: usize, max: usize, closing: bool) -> bool {
+    fn may_take(&mut self, events: usize, max: usize, closing: bool) -> bool {
         match self {
-            Self::First { spilling } => {
-                let spill = if *spilling {
+            Self::First { spill, spilling } => {
+                let spills = if *spilling {
                     closing || events > max / 2
                 } else {
                     closing || events >= max
                 };
-                if spill != *spilling {
-                    *spilling = spill;
-                    shared.spill.send_replace(spill);
+                if spills != *spilling {
+                    *spilling = spills;
+                    spill.send_replace(spills);
                 }
                 true
             }
@@ -157,6 +161,14 @@ impl Share {
                     std::future::pending::<()>().await;
                 }
             }
+        }
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        if let Self::First { spill, .. } = self {
+            spill.send_replace(true);
         }
     }
 }
@@ -221,12 +233,7 @@ async fn serve_channel(
             );
         }
         let room = in_flight.events() < config.max_in_flight_events;
-        let may_take = share.may_take(
-            shared,
-            in_flight.events(),
-            config.max_in_flight_events,
-            closing,
-        );
+        let may_take = share.may_take(in_flight.events(), config.max_in_flight_events, closing);
         tokio::select! {
             biased;
             // The supervisor replaces the connection and declares the topology on it.
@@ -399,7 +406,7 @@ mod tests {
         let mut first = Share::new(&config(FIRST), &shared);
         let mut spare = Share::new(&config(1), &shared);
         // Before the first channel serves, the others take every job.
-        assert!(spare.may_take(&shared, 0, 8, false));
+        assert!(spare.may_take(0, 8, false));
         for (events, spills) in [
             (0, false),
             (7, false),
@@ -408,12 +415,23 @@ mod tests {
             (4, false),
             (7, false),
         ] {
-            assert!(first.may_take(&shared, events, 8, false), "{events}");
-            assert_eq!(spare.may_take(&shared, 0, 8, false), spills, "{events}");
+            assert!(first.may_take(events, 8, false), "{events}");
+            assert_eq!(spare.may_take(0, 8, false), spills, "{events}");
         }
         // Closing: the others take jobs, so that they see the queue close too.
-        assert!(first.may_take(&shared, 0, 8, true));
-        assert!(spare.may_take(&shared, 0, 8, false));
+        assert!(first.may_take(0, 8, true));
+        assert!(spare.may_take(0, 8, false));
+    }
+
+    #[test]
+    fn when_the_first_channel_stops_serving_the_others_take_every_job() {
+        let (shared, _link) = shared();
+        let mut spare = Share::new(&config(1), &shared);
+        let mut first = Share::new(&config(FIRST), &shared);
+        assert!(first.may_take(0, 8, false));
+        assert!(!spare.may_take(0, 8, false));
+        drop(first);
+        assert!(spare.may_take(0, 8, false));
     }
 
     #[tokio::test]
@@ -421,14 +439,14 @@ mod tests {
         let (shared, _link) = shared();
         let mut first = Share::new(&config(FIRST), &shared);
         let mut spare = Share::new(&config(1), &shared);
-        first.may_take(&shared, 0, 8, false);
-        assert!(!spare.may_take(&shared, 0, 8, false));
+        first.may_take(0, 8, false);
+        assert!(!spare.may_take(0, 8, false));
         let waiting = tokio::time::timeout(Duration::from_millis(50), spare.changed()).await;
         assert!(waiting.is_err(), "woken with nothing changed");
-        first.may_take(&shared, 8, 8, false);
+        first.may_take(8, 8, false);
         tokio::time::timeout(Duration::from_secs(1), spare.changed())
             .await
             .expect("woken when the first channel is full");
-        assert!(spare.may_take(&shared, 0, 8, false));
+        assert!(spare.may_take(0, 8, false));
     }
 }
