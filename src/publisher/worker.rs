@@ -221,6 +221,8 @@ async fn serve_channel(
     let mut closing = false;
     let mut watchdog = Watchdog::new();
     let mut share = Share::new(config, shared);
+    // The confirms of one read; kept, with the room it grew to, from read to read.
+    let mut resolved = Vec::with_capacity(TAKEN_CAPACITY);
     // Why the channel is given up, and whether the topology may be gone with it.
     let (failure, topology_lost) = loop {
         if closing && in_flight.is_empty() {
@@ -242,12 +244,11 @@ async fn serve_channel(
             }
             Some(first) = in_flight.confirms.next() => {
                 // Everything resolved by now is read together (see `inflight/mod.rs`).
-                let mut resolved = Vec::with_capacity(TAKEN_CAPACITY);
                 resolved.push(first);
                 while let Some(Some(next)) = in_flight.confirms.next().now_or_never() {
                     resolved.push(next);
                 }
-                if let Err(failure) = in_flight.settle(resolved, &shared.metrics) {
+                if let Err(failure) = in_flight.settle(resolved.drain(..), &shared.metrics) {
                     break (failure, true);
                 }
             }

@@ -93,7 +93,7 @@ impl InFlight {
     /// attribution can no longer be trusted.
     pub(super) fn settle(
         &mut self,
-        resolved: Vec<Resolved>,
+        resolved: impl IntoIterator<Item = Resolved>,
         metrics: &Metrics,
     ) -> Result<(), PublishError> {
         let mut outcome = Ok(());
