@@ -674,3 +674,75 @@ async fn broker_wide_scenarios_wait_for_processes_that_share_the_broker() {
         "took the broker while another process shared it (waited {waited:?})"
     );
 }
+
+/// The work (Erlang reductions) each channel process of `vhost` has done so far, by channel
+/// number, on the machine's node.
+fn channel_work(vhost: &str) -> HashMap<u64, u64> {
+    let expression = format!(
+        "[{{N, R}} || P <- rabbit_channel:list_local(), \
+           rabbit_channel:info(P, [vhost]) =:= [{{vhost, <<\"{vhost}\">>}}], \
+           [{{number, N}}] <- [rabbit_channel:info(P, [number])], \
+           {{reductions, R}} <- [erlang:process_info(P, reductions)]]."
+    );
+    let printed = run_script("rabbitmqctl", &["eval", &expression]);
+    let numbers: Vec<u64> = printed
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        printed.trim().starts_with('[') && numbers.len().is_multiple_of(2),
+        "the channels of {vhost} printed:\n{printed}"
+    );
+    numbers.chunks(2).map(|pair| (pair[0], pair[1])).collect()
+}
+
+#[tokio::test]
+async fn a_load_one_channel_carries_stays_on_the_first_and_a_heavier_one_spreads() {
+    let _serial = SERIAL.lock().await;
+    // Single-event callbacks from 16 posters: within 512 events in flight the first channel
+    // takes them all; at 4 it is full at once and the second takes the rest.
+    for (max_batch_events, spreads) in [(512, false), (4, true)] {
+        let vhost = unique("vh");
+        rabbitmqctl(&["add_vhost", &vhost]);
+        let _vhost = Restore::new("rabbitmqctl", &["delete_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        let subject = Subject::new(&format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"));
+        let toml = forwarder_toml(&subject.uri, &subject.exchange, &subject.queue, 3_000).replace(
+            "[[amqp.queues]]",
+            &format!("max_batch_events = {max_batch_events}\n[[amqp.queues]]"),
+        );
+        let forwarder = Forwarder::start(&toml);
+        assert!(
+            wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
+            "forwarder not ready; logs:\n{}",
+            forwarder.logs()
+        );
+        let before = channel_work(&vhost);
+        let (stop, load) = start_load(forwarder.url("/callbacks/bandwidth/messaging"), "sp", false);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let load = finish_load(stop, load).await;
+        let after = channel_work(&vhost);
+        let ok = load.attempts.iter().filter(|a| a.status == 200).count();
+        assert!(ok > 1_000, "only {ok} callbacks answered 200");
+        let mut work: Vec<u64> = after
+            .iter()
+            .map(|(number, reductions)| reductions - before.get(number).copied().unwrap_or(0))
+            .collect();
+        work.sort_unstable();
+        assert_eq!(work.len(), 2, "two confirm channels: {after:?}");
+        let (other, busiest) = (work[0], work[1]);
+        if spreads {
+            assert!(
+                other * 5 > busiest,
+                "at {max_batch_events} in flight the second channel did {other} against {busiest}"
+            );
+        } else {
+            assert!(
+                other * 20 < busiest,
+                "within {max_batch_events} in flight the second channel did {other} against {busiest}"
+            );
+        }
+        forwarder.signal("TERM");
+        assert_eq!(forwarder.wait_exit(Duration::from_secs(20)).await, Some(0));
+    }
+}
