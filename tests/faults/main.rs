@@ -726,7 +726,7 @@ async fn a_load_one_channel_carries_stays_on_the_first_and_a_heavier_one_spreads
         assert!(ok > 1_000, "only {ok} callbacks answered 200");
         let mut work: Vec<u64> = after
             .iter()
-            .map(|(number, reductions)| reductions - before.get(number).copied().unwrap_or(0))
+            .map(|(number, work)| work.saturating_sub(before.get(number).copied().unwrap_or(0)))
             .collect();
         work.sort_unstable();
         assert_eq!(work.len(), 2, "two confirm channels: {after:?}");
