@@ -132,12 +132,14 @@ impl Subject {
     }
 
     async fn start(&self) -> Forwarder {
-        let forwarder = Forwarder::start(&forwarder_toml(
-            &self.uri,
-            &self.exchange,
-            &self.queue,
-            PUBLISH_TIMEOUT_MS,
-        ));
+        self.start_with("").await
+    }
+
+    /// Starts a forwarder whose `[amqp]` section also holds the lines `amqp`, once it is ready.
+    async fn start_with(&self, amqp: &str) -> Forwarder {
+        let toml = forwarder_toml(&self.uri, &self.exchange, &self.queue, PUBLISH_TIMEOUT_MS)
+            .replace("[[amqp.queues]]", &format!("{amqp}[[amqp.queues]]"));
+        let forwarder = Forwarder::start(&toml);
         assert!(
             wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
             "forwarder not ready; logs:\n{}",
@@ -707,16 +709,9 @@ async fn a_load_one_channel_carries_stays_on_the_first_and_a_heavier_one_spreads
         let _vhost = Restore::new("rabbitmqctl", &["delete_vhost", &vhost]);
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
         let subject = Subject::new(&format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"));
-        let toml = forwarder_toml(&subject.uri, &subject.exchange, &subject.queue, 3_000).replace(
-            "[[amqp.queues]]",
-            &format!("max_batch_events = {max_batch_events}\n[[amqp.queues]]"),
-        );
-        let forwarder = Forwarder::start(&toml);
-        assert!(
-            wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
-            "forwarder not ready; logs:\n{}",
-            forwarder.logs()
-        );
+        let forwarder = subject
+            .start_with(&format!("max_batch_events = {max_batch_events}\n"))
+            .await;
         let before = channel_work(&vhost);
         let (stop, load) = start_load(forwarder.url("/callbacks/bandwidth/messaging"), "sp", false);
         tokio::time::sleep(Duration::from_secs(2)).await;
