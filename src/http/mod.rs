@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use arc_swap::ArcSwap;
 
@@ -128,13 +128,8 @@ async fn callback(
     let outcome = {
         let _in_flight = state.metrics.in_flight();
         match state.lifecycle.enter() {
-            // What the publish path logs, here and in the channel worker, carries the id.
-            Some(_admitted) => {
-                let span = info_span!("callback", request_id);
-                accept(state, peer, request, request_id)
-                    .instrument(span)
-                    .await
-            }
+            // What the channel worker logs about the request names it by `Received`'s id.
+            Some(_admitted) => accept(state, peer, request, request_id).await,
             None => Err(CallbackError::ShuttingDown),
         }
     };

@@ -101,8 +101,6 @@ pub(super) struct Job {
     pub(super) events: Vec<Event>,
     pub(super) received: Received,
     pub(super) deadline: Instant,
-    /// The request's span (`callback`, with its id): what a worker logs about it runs in it.
-    pub(super) span: tracing::Span,
     pub(super) reply: oneshot::Sender<Result<(), PublishError>>,
 }
 

@@ -102,7 +102,6 @@ impl Publisher {
             events,
             received,
             deadline,
-            span: tracing::Span::current(),
             reply,
         };
         self.jobs.try_send(job).map_err(|e| match e {

@@ -180,7 +180,7 @@ impl InFlight {
                     Ok(())
                 }
                 Some(failure) => {
-                    warn_in_span(&pending.job, &failure);
+                    warn_of_failure(&pending.job, &failure);
                     Err(failure)
                 }
             };
@@ -192,7 +192,7 @@ impl InFlight {
     /// Answers every job in flight with `error` (the channel is being replaced).
     pub(super) fn fail_all(&mut self, error: PublishError) {
         for pending in self.jobs.take_all() {
-            warn_in_span(&pending.job, &error);
+            warn_of_failure(&pending.job, &error);
             reply(pending.job, Err(error.clone()));
         }
         self.events = 0;
@@ -201,11 +201,14 @@ impl InFlight {
     }
 }
 
-/// A channel that failed under a job is worth a warning, in the job's request span.
-fn warn_in_span(job: &Job, failure: &PublishError) {
+/// A channel that failed under a job is worth a warning that names the job's request.
+fn warn_of_failure(job: &Job, failure: &PublishError) {
     if let PublishError::ChannelClosed(cause) = failure {
-        job.span
-            .in_scope(|| warn!(%cause, "channel failed with this request in flight, replacing it"));
+        warn!(
+            request_id = job.received.request_id,
+            %cause,
+            "channel failed with this request in flight, replacing it"
+        );
     }
 }
 

@@ -26,7 +26,6 @@ fn job(keys: &[&str]) -> (Job, Answer) {
         events,
         received: Received::now("test"),
         deadline: Instant::now(),
-        span: tracing::Span::none(),
         reply,
     };
     (job, answer)
