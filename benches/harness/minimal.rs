@@ -1,6 +1,6 @@
 //! (m): the least a forwarder can be with these libraries. The (w) server, in a process of its
 //! own, publishing each event of a callback from the request's own task on one confirm channel,
-//! as (a) publishes, and answering 200 at its confirms. No channel workers, span, metrics,
+//! as (a) publishes, and answering 200 at its confirms. No channel workers, metrics,
 //! admission, timeouts or error paths. Its overhead, (m) ÷ (a + h), is what that work costs in
 //! one process here, before anything else a forwarder must do.
 
