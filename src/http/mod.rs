@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::{info, warn};
@@ -56,7 +56,7 @@ impl AppState {
 }
 
 /// The header that carries a request's id, in and out.
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Routes one request; every answer carries the request's id.
 pub async fn handle(
@@ -102,7 +102,7 @@ pub async fn handle(
 fn request_id(request: &Request<Incoming>) -> String {
     request
         .headers()
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_safe_request_id(v))
         .map(String::from)
