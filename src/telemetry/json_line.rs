@@ -12,9 +12,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer as _};
+use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent;
-use tracing_serde::SerdeMapVisitor;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
@@ -69,23 +69,97 @@ where
     // A record from the `log` crate names its own target, not "log".
     let normalized = event.normalized_metadata();
     let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-    let mut serializer = serde_json::Serializer::new(line);
-    let mut map = serializer.serialize_map(None)?;
-    map.serialize_entry("timestamp", &Timestamp(SystemTime::now()))?;
-    map.serialize_entry("level", meta.level().as_str())?;
-    let mut fields = SerdeMapVisitor::new(map);
-    event.record(&mut fields);
-    let mut map = fields.take_serializer()?;
-    map.serialize_entry("target", meta.target())?;
+    let mut object = Object::open(line, "timestamp", &Timestamp(SystemTime::now()))?;
+    object.entry("level", meta.level().as_str())?;
+    event.record(&mut object);
+    std::mem::replace(&mut object.state, Ok(()))?;
+    object.entry("target", meta.target())?;
     let current = event
         .parent()
         .and_then(|id| ctx.span(id))
         .or_else(|| ctx.lookup_current());
     if let Some(span) = &current {
-        map.serialize_entry("span", &SpanObject(span))?;
-        map.serialize_entry("spans", &Scope(ctx))?;
+        object.entry("span", &SpanObject(span))?;
+        object.entry("spans", &Scope(ctx))?;
     }
-    SerializeMap::end(map)
+    object.line.push(b'}');
+    Ok(())
+}
+
+/// A JSON object written into the line entry by entry, the event's fields as they are recorded:
+/// the bytes serde_json's map serializer writes, without its state machine around every entry
+/// (tracing-serde's visitor went through it for each field).
+struct Object<'a> {
+    line: &'a mut Vec<u8>,
+    /// The first error, after which nothing more is written.
+    state: serde_json::Result<()>,
+}
+
+impl<'a> Object<'a> {
+    /// `{` and the first entry.
+    fn open(
+        line: &'a mut Vec<u8>,
+        key: &str,
+        value: &(impl Serialize + ?Sized),
+    ) -> serde_json::Result<Self> {
+        line.push(b'{');
+        Self::key_and_value(line, key, value)?;
+        Ok(Self {
+            line,
+            state: Ok(()),
+        })
+    }
+
+    /// `,`, then the entry.
+    fn entry(&mut self, key: &str, value: &(impl Serialize + ?Sized)) -> serde_json::Result<()> {
+        self.line.push(b',');
+        Self::key_and_value(self.line, key, value)
+    }
+
+    fn key_and_value(
+        line: &mut Vec<u8>,
+        key: &str,
+        value: &(impl Serialize + ?Sized),
+    ) -> serde_json::Result<()> {
+        serde_json::Serializer::new(&mut *line).serialize_str(key)?;
+        line.push(b':');
+        value.serialize(&mut serde_json::Serializer::new(line))
+    }
+
+    /// An event's field, unless an earlier one failed.
+    fn field(&mut self, field: &Field, value: &(impl Serialize + ?Sized)) {
+        if self.state.is_ok() {
+            self.state = self.entry(field.name(), value);
+        }
+    }
+}
+
+/// What tracing-serde's `SerdeMapVisitor` writes for each kind of value; the kinds it leaves to
+/// the defaults (bytes, errors, 128-bit integers) reach `record_debug` as they do there.
+impl Visit for Object<'_> {
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, &value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, &format_args!("{value:?}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, &value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, &value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, &value);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, value);
+    }
 }
 
 /// A wall-clock time as RFC 3339 with microseconds, e.g. `2026-03-10T14:07:45.120345Z`.
