@@ -72,7 +72,7 @@ where
     let mut object = Object::open(line, "timestamp", &Timestamp(SystemTime::now()))?;
     object.entry("level", meta.level().as_str())?;
     event.record(&mut object);
-    std::mem::replace(&mut object.state, Ok(()))?;
+    object.fields_written()?;
     object.entry("target", meta.target())?;
     let current = event
         .parent()
@@ -124,6 +124,11 @@ impl<'a> Object<'a> {
         serde_json::Serializer::new(&mut *line).serialize_str(key)?;
         line.push(b':');
         value.serialize(&mut serde_json::Serializer::new(line))
+    }
+
+    /// Whether every field recorded so far was written.
+    fn fields_written(&mut self) -> serde_json::Result<()> {
+        std::mem::replace(&mut self.state, Ok(()))
     }
 
     /// An event's field, unless an earlier one failed.
