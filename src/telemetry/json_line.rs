@@ -87,8 +87,7 @@ where
 }
 
 /// A JSON object written into the line entry by entry, the event's fields as they are recorded:
-/// the bytes serde_json's map serializer writes, without its state machine around every entry
-/// (tracing-serde's visitor went through it for each field).
+/// the bytes serde_json's map serializer writes, without its state machine around every entry.
 struct Object<'a> {
     line: &'a mut Vec<u8>,
     /// The first error, after which nothing more is written.
@@ -139,8 +138,9 @@ impl<'a> Object<'a> {
     }
 }
 
-/// What tracing-serde's `SerdeMapVisitor` writes for each kind of value; the kinds it leaves to
-/// the defaults (bytes, errors, 128-bit integers) reach `record_debug` as they do there.
+/// What tracing-subscriber's JSON formatter writes for each kind of value (through
+/// tracing-serde's `SerdeMapVisitor`); the kinds left to the defaults (bytes, errors, 128-bit
+/// integers) reach `record_debug` as they do there.
 impl Visit for Object<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.field(field, &value);
