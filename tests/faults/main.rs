@@ -137,8 +137,12 @@ impl Subject {
 
     /// Starts a forwarder whose `[amqp]` section also holds the lines `amqp`, once it is ready.
     async fn start_with(&self, amqp: &str) -> Forwarder {
-        let toml = forwarder_toml(&self.uri, &self.exchange, &self.queue, PUBLISH_TIMEOUT_MS)
-            .replace("[[amqp.queues]]", &format!("{amqp}[[amqp.queues]]"));
+        let toml = forwarder_toml(&self.uri, &self.exchange, &self.queue, PUBLISH_TIMEOUT_MS);
+        assert!(
+            toml.contains("[[amqp.queues]]"),
+            "the [amqp] lines go before [[amqp.queues]], which the config lacks:\n{toml}"
+        );
+        let toml = toml.replace("[[amqp.queues]]", &format!("{amqp}[[amqp.queues]]"));
         let forwarder = Forwarder::start(&toml);
         assert!(
             wait_ready(&forwarder.url("/readyz"), Duration::from_secs(30)).await,
